@@ -1,0 +1,74 @@
+import glob
+import os
+
+import pytest
+import tensorflow as tf
+
+from tf_mtml.configs import multitask_experiments  # noqa: F401
+from tf_mtml.configs.registry import get_experiment
+from tf_mtml.tasks.factory import build_task
+from tf_mtml.tasks.multitask import MultiTaskLearningTask
+from tf_mtml.train.loop import Trainer
+
+SMALL = ("task.data.num_train_examples=512,task.data.num_eval_examples=128,"
+         "task.data.global_batch_size=32,task.data.input_dim=8,trainer.steps_per_loop=10,"
+         "trainer.checkpoint_interval=10,trainer.validation_interval=10")
+
+
+def _params(extra=""):
+    params = get_experiment("mmoe_synthetic").override_from_string(SMALL + extra)
+    params.validate()
+    return params
+
+
+def _scalar_tags(directory):
+    tags = set()
+    for path in glob.glob(os.path.join(directory, "events.out.tfevents.*")):
+        for record in tf.data.TFRecordDataset(path):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            tags.update(v.tag for v in event.summary.value)
+    return tags
+
+
+class PoisonedTask(MultiTaskLearningTask):
+    """Labels become infinite: the loss is non-finite from the first step."""
+
+    def build_inputs(self, training, input_context=None):
+        return super().build_inputs(training, input_context).map(
+            lambda x, y: (x, {**y, "y1": y["y1"] * float("inf")}))
+
+
+def test_trains_resumes_and_summarises_with_one_trace(tmp_path):
+    params = _params()
+    trainer = Trainer(build_task(params), tf.distribute.get_strategy(), params.trainer,
+                      str(tmp_path))
+    logs = trainer.train(20)
+    assert trainer.step == 20 and trainer.train_tracing_count == 1
+    assert os.path.exists(tmp_path / "ckpt-10.index") and os.path.exists(tmp_path / "ckpt-20.index")
+    assert {"loss", "y1/loss", "y1/mse", "y2/mse", "gate/y1/entropy"} <= set(logs)
+    assert {"loss", "y1/mse", "gate/y2/expert0_weight", "y1/loss_weight"} <= _scalar_tags(
+        tmp_path / "train")
+    results = trainer.evaluate()
+    assert {"loss", "y1/mse", "y2/mse"} <= set(results)
+    assert not any(k.startswith("gate/") for k in results)
+
+    resumed = Trainer(build_task(params), tf.distribute.get_strategy(), params.trainer,
+                      str(tmp_path))
+    assert resumed.restore() == 20
+    for a, b in zip(resumed.model.weights, trainer.model.weights, strict=True):
+        assert (a.numpy() == b.numpy()).all()
+    resumed.train(30)
+    assert resumed.step == 30 and resumed.train_tracing_count == 1
+
+
+def test_non_finite_loss_stops_without_checkpointing(tmp_path):
+    params = _params()
+    good = Trainer(build_task(params), tf.distribute.get_strategy(), params.trainer,
+                   str(tmp_path))
+    good.train(10)
+    poisoned = Trainer(PoisonedTask(params.task), tf.distribute.get_strategy(), params.trainer,
+                       str(tmp_path))
+    with pytest.raises(FloatingPointError, match=r"step 20.*y1/loss.*ckpt-10"):
+        poisoned.train(40)
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-10")
+    assert not glob.glob(str(tmp_path / "ckpt-20*"))

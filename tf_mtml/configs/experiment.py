@@ -1,0 +1,109 @@
+"""Config sections shared by every experiment: trainer, optimizer, runtime."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tf_mtml.configs.base import Config, ConfigError
+
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+
+
+@dataclasses.dataclass
+class OptimizerConfig(Config):
+    name: str = "adam"
+    learning_rate: float = 1e-3
+    clipnorm: float | None = None
+
+    def validate(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ConfigError(
+                f"Unknown optimizer `trainer.optimizer.name={self.name}`; expected one of "
+                f"{OPTIMIZERS}."
+            )
+        if not self.learning_rate > 0:
+            raise ConfigError(
+                f"`trainer.optimizer.learning_rate` must be > 0. Received: {self.learning_rate}"
+            )
+
+
+@dataclasses.dataclass
+class TrainerConfig(Config):
+    """How long to train and how often to checkpoint, summarise and evaluate (in steps)."""
+
+    train_steps: int = 1000
+    steps_per_loop: int = 100
+    checkpoint_interval: int = 500
+    max_to_keep: int = 3
+    validation_interval: int = 1000
+    validation_steps: int = -1
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.train_steps < 0:
+            raise ConfigError(f"`trainer.train_steps` must be >= 0. Received: {self.train_steps}")
+        for name in ("steps_per_loop", "checkpoint_interval", "validation_interval",
+                     "max_to_keep"):
+            if getattr(self, name) < 1:
+                raise ConfigError(
+                    f"`trainer.{name}` must be a positive integer. Received: {getattr(self, name)}"
+                )
+        for name in ("checkpoint_interval", "validation_interval"):
+            if getattr(self, name) % self.steps_per_loop:
+                raise ConfigError(
+                    f"`trainer.{name}={getattr(self, name)}` must be a multiple of "
+                    f"`trainer.steps_per_loop={self.steps_per_loop}` (checkpoints and evaluations "
+                    "happen between compiled loops)."
+                )
+
+
+@dataclasses.dataclass
+class RuntimeConfig(Config):
+    """Where and how the computation runs."""
+
+    strategy: str = "default"
+    tpu: str = ""
+    mixed_precision_dtype: str = "float32"
+    seed: int = 0
+    num_cpu_devices: int = 1
+
+    def validate(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(
+                f"Unknown `runtime.strategy={self.strategy}`; expected one of {STRATEGIES}."
+            )
+        if self.strategy == "tpu" and not self.tpu:
+            raise ConfigError(
+                "`runtime.strategy=tpu` needs the TPU's address: pass --tpu=NAME_OR_GRPC_ADDRESS "
+                "(use --tpu=local on a Cloud TPU VM)."
+            )
+        if self.tpu and self.strategy != "tpu":
+            raise ConfigError(
+                f"--tpu={self.tpu!r} was given with `runtime.strategy={self.strategy}`; the two "
+                "conflict. Pass --strategy=tpu, or drop --tpu."
+            )
+        if self.mixed_precision_dtype not in PRECISIONS:
+            raise ConfigError(
+                f"Unknown `runtime.mixed_precision_dtype={self.mixed_precision_dtype}`; expected "
+                f"one of {PRECISIONS}."
+            )
+        if self.num_cpu_devices < 1:
+            raise ConfigError(
+                f"`runtime.num_cpu_devices` must be >= 1. Received: {self.num_cpu_devices}"
+            )
+
+
+@dataclasses.dataclass
+class ExperimentConfig(Config):
+    """An experiment: what to learn (`task`), how to train it, where to run it.
+
+    `task` is the config of the experiment's task family (multi-task, meta-learning, ...);
+    its class decides which `tf_mtml.tasks` builder turns it into a model and inputs.
+    """
+
+    task: Config = dataclasses.field(default_factory=Config)
+    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)

@@ -1,0 +1,1 @@
+"""tf_mtml.tasks: task families that turn an experiment config into a model, inputs and steps."""
