@@ -44,7 +44,7 @@ def test_mirrored_two_cpus_matches_single_device(tmp_path, weighting):
     result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), weighting],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    line = next(l for l in result.stdout.splitlines() if l.startswith("MAXDIFF"))
+    line = next(x for x in result.stdout.splitlines() if x.startswith("MAXDIFF"))
     diff, loss_single, loss_mirrored = map(float, line.split()[1:])
     assert diff < 1e-5
     assert abs(loss_single - loss_mirrored) < 1e-5 * max(1.0, abs(loss_single))

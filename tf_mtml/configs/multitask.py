@@ -32,7 +32,8 @@ class MultiTaskDataConfig(Config):
         for name in ("global_batch_size", "num_train_examples", "num_eval_examples",
                      "input_dim"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"`task.data.{name}` must be >= 1. Received: {getattr(self, name)}")
+                raise ConfigError(
+                    f"`task.data.{name}` must be >= 1. Received: {getattr(self, name)}")
         if self.num_eval_examples < self.global_batch_size:
             raise ConfigError(
                 f"`task.data.num_eval_examples={self.num_eval_examples}` is smaller than "

@@ -281,7 +281,8 @@ class MultiTaskModel(keras.Model):
 
     def _task_index(self, name: str) -> int:
         if name not in self.task_names:
-            raise ValueError(f"Unknown task '{name}'. The model's tasks are {list(self.task_names)}")
+            raise ValueError(
+                f"Unknown task '{name}'. The model's tasks are {list(self.task_names)}")
         return self.task_names.index(name)
 
     @staticmethod

@@ -127,7 +127,8 @@ class MultiTaskLearningTask:
             loss = model.compute_loss(x, y, y_pred, training=True)
             scaled_loss = optimizer.scale_loss(loss)
         variables = model.trainable_variables
-        optimizer.apply_gradients(zip(tape.gradient(scaled_loss, variables), variables))
+        optimizer.apply_gradients(
+            zip(tape.gradient(scaled_loss, variables), variables, strict=True))
         model.update_task_metrics(y, y_pred)
         loss_metric.update_state(loss * tf.distribute.get_replica_context().num_replicas_in_sync)
 

@@ -44,7 +44,8 @@ class StaticWeighting(keras.layers.Layer):
 
     def call(self, task_losses, num_replicas: int = 1):
         check_task_names(task_losses, self.task_weights)
-        return ops.sum(ops.stack([self.task_weights[k] * task_losses[k] for k in self.task_weights]))
+        weighted = [self.task_weights[k] * task_losses[k] for k in self.task_weights]
+        return ops.sum(ops.stack(weighted))
 
     def effective_weights(self) -> dict[str, float]:
         """The weight currently multiplying each task's loss."""
