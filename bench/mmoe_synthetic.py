@@ -15,9 +15,15 @@ Command (from the repository root):
     .venv/bin/python bench/mmoe_synthetic.py [--seeds=5] [--correlations=1.0,0.9,0.8,0.5] \\
         [--train_steps=3000] [--quick]
 
-Output: one JSON object on stdout (logs go to stderr). Expected runtime on 2 CPU cores with
-the defaults (40 runs of 3,000 steps): about 10 minutes; `--quick` (2 seeds, correlations
-1.0 and 0.5, 300 steps): under a minute.
+Output: one JSON object on stdout (logs go to stderr). Runtime on 2 shared CPU cores with
+the defaults (40 runs of 3,000 steps): 3.5 minutes measured (load average ~4); `--quick`
+(2 seeds, correlations 1.0 and 0.5, 300 steps): about 20 seconds.
+
+Measured with the defaults (TF 2.21, Keras 3.15): test loss about 0.028-0.031 (Shared-Bottom)
+and 0.032-0.035 (MMoE) from correlation 1.0 to 0.5, both near the noise floor 0.02. MMoE is
+within noise of Shared-Bottom (+0.004, 1.4-1.6 standard errors) and its advantage does not grow
+as correlation drops: the data's sines (`α, β` of standard deviation 0.1) are nearly linear,
+so least squares already reaches the noise floor at every correlation.
 """
 
 from __future__ import annotations

@@ -384,9 +384,127 @@ def build_contenders(config: BenchConfig, data: Data, init_weights: list) -> dic
     }
     runs |= {f"torch_gemm_{name}": torch_gemm(config, bf16)
              for name, bf16 in (("float32", False), ("bfloat16", True))}
-    report["torch_final_losses"] = {
-        precision: final_loss(torch_trainer(config, data, init_weights, bf16), config)
-        for precision, bf16 in (("fp32", False), ("bf16", True))
+    for prefix, mmoe_cls in (("ours", MMoE), ("ours_proposed", ExpertMajorMMoE)):
+        for precision, policy in (("fp32", "float32"), ("bf16", "mixed_bfloat16")):
+            for jit in (False, True):
+                trainer = keras_trainer(config, data, init_weights, policy, jit, mmoe_cls)
+                runs[f"{prefix}_{precision}{'_xla' if jit else ''}"] = trainer.run
+    for precision, bf16 in (("fp32", False), ("bf16", True)):
+        runs[f"torch_{precision}"] = torch_trainer(config, data, init_weights, bf16).run
+    return runs
+
+
+def throughput_figures(seconds: dict, config: BenchConfig, flops: dict) -> dict:
+    """Per contender: ms/step (or ms/call), examples/s and achieved GFLOP/s."""
+    m, k, n = gemm_shape(config)
+    figures = {}
+    for name, sec in seconds.items():
+        if "gemm" in name:
+            figures[name] = {"ms_per_call": sec * 1e3, "gflops": 2 * m * k * n / sec / 1e9}
+            continue
+        figures[name] = {
+            "ms_per_step": sec * 1e3,
+            "examples_per_s": config.batch_size / sec,
+            "gflops": flops["training_per_step"] / sec / 1e9,
+            "gflops_exact": flops["training_exact_per_example"] * config.batch_size / sec / 1e9,
+        }
+    return figures
+
+
+def best_mode(figures: dict, prefix: str) -> str:
+    """The faster of the graph and XLA steps of a contender."""
+    return min((prefix, f"{prefix}_xla"), key=lambda name: figures[name]["ms_per_step"])
+
+
+def final_loss(trainer: Trainer, config: BenchConfig) -> float:
+    """Training-set loss after `loss_steps` steps (every trainer starts from the same init)."""
+    trainer.run(config.loss_steps)
+    return trainer.training_set_loss()
+
+
+def keras_final_losses(config, data, init_weights, headline: dict, mmoe_cls) -> dict:
+    """Final loss of the fp32 and bf16 headline steps, and their relative difference."""
+    losses = {}
+    for precision, policy in (("fp32", "float32"), ("bf16", "mixed_bfloat16")):
+        jit = headline[precision].endswith("_xla")
+        trainer = keras_trainer(config, data, init_weights, policy, jit, mmoe_cls)
+        losses[precision] = final_loss(trainer, config)
+    losses["bf16_rel_diff"] = abs(losses["bf16"] / losses["fp32"] - 1)
+    return losses
+
+
+def comparisons(figures: dict, headline: dict, gemm_fp32: str) -> dict:
+    """The issue's ratios for one pair of (fp32, bf16) headline steps."""
+    fp32, bf16 = figures[headline["fp32"]], figures[headline["bf16"]]
+    return {
+        "fp32_vs_torch_fp32": fp32["examples_per_s"] / figures["torch_fp32"]["examples_per_s"],
+        "fp32_fraction_of_fp32_gemm": fp32["gflops"] / figures[gemm_fp32]["gflops"],
+        "fp32_exact_fraction_of_fp32_gemm": fp32["gflops_exact"] / figures[gemm_fp32]["gflops"],
+        "bf16_vs_fp32": bf16["examples_per_s"] / fp32["examples_per_s"],
+        "bf16_vs_torch_bf16": bf16["examples_per_s"] / figures["torch_bf16"]["examples_per_s"],
+        "bf16_fraction_of_bf16_gemm": bf16["gflops"] / figures["tf_gemm_bfloat16"]["gflops"],
+        "torch_fp32_fraction_of_fp32_gemm": (
+            figures["torch_fp32"]["gflops"] / figures[gemm_fp32]["gflops"]
+        ),
+    }
+
+
+def check_targets(values: dict) -> dict:
+    checks = {}
+    for name, (comparison, threshold) in TARGETS.items():
+        value = values[name]
+        met = value >= threshold if comparison == ">=" else value <= threshold
+        checks[name] = {"value": value, "target": f"{comparison} {threshold}", "met": bool(met)}
+    return checks
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def machine_info() -> dict:
+    import torch
+
+    cpu_model = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu_model": cpu_model,
+        "cores": len(os.sched_getaffinity(0)),
+        "load_average_1_5_15_after": list(os.getloadavg()),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "torch": torch.__version__,
+        "torch_num_threads": torch.get_num_threads(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def run_benchmark(config: BenchConfig) -> dict:
+    """Runs every measurement and returns the JSON-ready report."""
+    import torch
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    load_before = list(os.getloadavg())
+    keras.utils.set_random_seed(config.seed)
+    data = make_data(config)
+    init_weights = build_keras_model(config, "float32").get_weights()
+    flops = flop_counts(config)
+    seconds = time_interleaved(build_contenders(config, data, init_weights), config)
+    figures = throughput_figures(seconds, config, flops)
+    gemm_fp32 = max(("tf_gemm_float32", "tf_gemm_float32_xla"),
+                    key=lambda name: figures[name]["gflops"])
+    report = {
+        "config": dataclasses.asdict(config), "flops": flops, "throughput": figures,
+        "fp32_gemm_reference": gemm_fp32,
+        "gemm_bf16_vs_fp32": figures["tf_gemm_bfloat16"]["gflops"] / figures[gemm_fp32]["gflops"],
+        "torch_final_losses": {
+            precision: final_loss(torch_trainer(config, data, init_weights, bf16), config)
+            for precision, bf16 in (("fp32", False), ("bf16", True))
+        },
     }
     for prefix, mmoe_cls in (("ours", MMoE), ("ours_proposed", ExpertMajorMMoE)):
         headline = {p: best_mode(figures, f"{prefix}_{p}") for p in ("fp32", "bf16")}
@@ -395,10 +513,7 @@ def build_contenders(config: BenchConfig, data: Data, init_weights: list) -> dic
         values["bf16_final_loss_rel_diff"] = losses["bf16_rel_diff"]
         report[prefix] = {"headline_steps": headline, "comparisons": values,
                           "final_losses": losses, "targets": check_targets(values)}
-    report["gemm_bf16_vs_fp32"] = (
-        figures["tf_gemm_bfloat16"]["gflops"] / figures[gemm_fp32]["gflops"]
-    )
-    report["machine"] = {**machine_info(), "load_average_before": load_before}
+    report["machine"] = {**machine_info(), "load_average_1_5_15_before": load_before}
     return report
 
 

@@ -74,11 +74,12 @@ def test_noise_is_independent_with_the_given_std():
     assert abs(np.corrcoef(eps1, eps2)[0, 1]) <= Z / math.sqrt(n - 1)
 
 
-def test_sin_parameters_have_std_0_1():
-    alpha, beta = MMoESyntheticProblem(num_sin=20_000).sin_parameters()
+@pytest.mark.parametrize("std", [0.1, 1.0])
+def test_sin_parameters_have_the_configured_std(std):
+    alpha, beta = MMoESyntheticProblem(num_sin=20_000, sin_param_std=std).sin_parameters()
     for values in (alpha, beta):
-        assert abs(values.std() - 0.1) <= Z * 0.1 / math.sqrt(2 * (values.size - 1))
-        assert abs(values.mean()) <= Z * 0.1 / math.sqrt(values.size)
+        assert abs(values.std() - std) <= Z * std / math.sqrt(2 * (values.size - 1))
+        assert abs(values.mean()) <= Z * std / math.sqrt(values.size)
     assert abs(np.corrcoef(alpha, beta)[0, 1]) <= Z / math.sqrt(alpha.size - 1)
 
 
@@ -127,3 +128,14 @@ def test_invalid_problem(kwargs, match):
 def test_invalid_sample(num_examples, seed, match):
     with pytest.raises(ValueError, match=match):
         MMoESyntheticProblem().sample(num_examples, seed)
+
+
+@pytest.mark.parametrize("std, nonlinear", [(0.1, False), (1.0, True)])
+def test_sine_scale_decides_whether_labels_are_linear(std, nonlinear):
+    # Least squares on x reaches the noise floor (0.01) only when the sines are ~linear.
+    problem = MMoESyntheticProblem(input_dim=10, correlation=0.5, sin_param_std=std, seed=1)
+    x, labels = problem.sample(4000, seed=2)
+    design = np.c_[x, np.ones(len(x))]
+    coef, *_ = np.linalg.lstsq(design, labels["y1"], rcond=None)
+    residual = float(np.mean((design @ coef - labels["y1"]) ** 2))
+    assert (residual > 10 * problem.noise_std**2) == nonlinear

@@ -23,6 +23,7 @@ class MultiTaskDataConfig(Config):
     num_eval_examples: int = 4096
     input_dim: int = 100
     correlation: float = 0.5
+    sin_param_std: float = 1.0
     problem_seed: int = 0
 
     def validate(self) -> None:

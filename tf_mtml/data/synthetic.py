@@ -24,7 +24,7 @@ class MMoESyntheticProblem:
     With orthogonal unit vectors `u1, u2` in `R^d`, `w1 = c·u1` and
     `w2 = c·(p·u1 + sqrt(1 - p²)·u2)`, so `cos(w1, w2) = p`. Each example draws
     `x ~ N(0, I_d)` and, for both tasks `k`,
-    `y_k = w_kᵀx + Σ_{i=1..m} sin(α_i·w_kᵀx + β_i) + ε_k`, with `α_i, β_i ~ N(0, 0.01)`
+    `y_k = w_kᵀx + Σ_{i=1..m} sin(α_i·w_kᵀx + β_i) + ε_k`, with `α_i, β_i ~ N(0, sin_param_std²)`
     shared by the tasks and fixed by `seed`, and `ε_k ~ N(0, noise_std²)`. The linear parts
     `w1ᵀx, w2ᵀx` have Pearson correlation `p`; the sines make the labels less correlated.
 
@@ -34,6 +34,9 @@ class MMoESyntheticProblem:
         scale: `c > 0`.
         num_sin: `m >= 0`, number of sine terms.
         noise_std: standard deviation of `ε`, `>= 0` (0.1 in the paper).
+        sin_param_std: standard deviation of `α_i, β_i`. Default 1: with 0.1 the sines are
+            nearly linear and least squares reaches the noise floor at every correlation, so
+            the task correlation stops mattering (BUILD_NOTES.md, MMoE synthetic).
         seed: non-negative seed of `u1, u2, α, β`.
 
     Example:
@@ -49,6 +52,7 @@ class MMoESyntheticProblem:
     scale: float = 1.0
     num_sin: int = 10
     noise_std: float = 0.1
+    sin_param_std: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -58,6 +62,8 @@ class MMoESyntheticProblem:
             ("scale", 0 < self.scale < math.inf, "a positive finite number"),
             ("num_sin", is_int(self.num_sin) and self.num_sin >= 0, "a non-negative integer"),
             ("noise_std", 0 <= self.noise_std < math.inf, "a non-negative finite number"),
+            ("sin_param_std", 0 <= self.sin_param_std < math.inf,
+             "a non-negative finite number"),
             ("seed", is_int(self.seed) and self.seed >= 0, "a non-negative integer"),
         ]
         for name, valid, expected in checks:
@@ -118,6 +124,6 @@ class MMoESyntheticProblem:
         rng = np.random.default_rng([_PARAMETER_STREAM, self.seed])
         # QR of a Gaussian matrix gives two orthonormal columns in a uniformly random plane.
         basis, _ = np.linalg.qr(rng.standard_normal((self.input_dim, 2)))
-        alpha = rng.normal(0.0, 0.1, self.num_sin)
-        beta = rng.normal(0.0, 0.1, self.num_sin)
+        alpha = rng.normal(0.0, self.sin_param_std, self.num_sin)
+        beta = rng.normal(0.0, self.sin_param_std, self.num_sin)
         return basis[:, 0], basis[:, 1], alpha, beta

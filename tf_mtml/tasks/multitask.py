@@ -44,6 +44,7 @@ class MultiTaskLearningTask:
         """`{"train": (features, labels), "eval": (features, labels)}` held in memory."""
         data = self.config.data
         problem = MMoESyntheticProblem(input_dim=data.input_dim, correlation=data.correlation,
+                                       sin_param_std=data.sin_param_std,
                                        seed=data.problem_seed)
         names = [t.name for t in self.tasks]
         splits = {}
