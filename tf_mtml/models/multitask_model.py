@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -199,8 +200,6 @@ class MultiTaskModel(keras.Model):
 
     def adapt_label_statistics(self, labels: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
         """Computes and sets the statistics of every standardised task from its labels."""
-        import numpy as np
-
         statistics = {}
         for task in self.tasks:
             if task.standardize:
