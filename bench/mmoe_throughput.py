@@ -14,7 +14,7 @@ from the same initial weights, with Adam, on the same data. `ours_proposed` is a
     .venv/bin/python -m bench.mmoe_throughput --quick  # toy sizes, seconds
 
 Prints one JSON object: every figure, the FLOP formula, the machine, and whether each of the
-issue's targets is met. Expected runtime on 2 cores: about 4 minutes (`--quick`: 15 s).
+issue's targets is met. Expected runtime on 2 cores: 4-5 minutes (`--quick`: 15 s).
 """
 
 from __future__ import annotations
@@ -309,7 +309,7 @@ def torch_trainer(config: BenchConfig, init_weights: list, bf16: bool,
     leaves = [*params["kernels"], *params["biases"], params["gate_kernel"], params["gate_bias"],
               *(p for layers in params["towers"] for pair in layers for p in pair)]
     optimizer = torch.optim.Adam(leaves, lr=config.learning_rate, eps=1e-7,
-                                 fused=fused_adam or None)
+                                 fused=True if fused_adam else None)
     initial = [leaf.detach().clone() for leaf in leaves]
     optimizer_init = copy.deepcopy(optimizer.state_dict())
 
