@@ -13,7 +13,7 @@ import sys
 
 from absl import app, flags
 
-from tf_mtml.configs import multitask_experiments  # noqa: F401  (registers experiments)
+from tf_mtml.configs import experiments  # noqa: F401  (registers every experiment)
 from tf_mtml.configs.base import ConfigError
 from tf_mtml.configs.registry import list_experiments
 from tf_mtml.train.run import run_experiment

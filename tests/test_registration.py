@@ -6,18 +6,21 @@ import keras
 import pytest
 
 import tf_mtml.layers as layers
+import tf_mtml.losses as losses
+import tf_mtml.meta as meta
 from tf_mtml.losses.masked import MaskedTaskLoss
 from tf_mtml.models.multitask_model import MultiTaskModel
 from tf_mtml.weighting.static import StaticWeighting
 from tf_mtml.weighting.uncertainty import UncertaintyWeighting
 
-PUBLIC = [getattr(layers, name) for name in layers.__all__
-          if inspect.isclass(getattr(layers, name))]
+PUBLIC = [getattr(module, name) for module in (layers, losses, meta) for name in module.__all__
+          if inspect.isclass(getattr(module, name))]
 PUBLIC += [MaskedTaskLoss, MultiTaskModel, StaticWeighting, UncertaintyWeighting]
 
 
 def test_every_layer_module_symbol_is_checked():
-    assert {"MMoE", "TaskTowers", "FiLM", "TaskDescriptor"} <= {c.__name__ for c in PUBLIC}
+    assert {"MMoE", "TaskTowers", "FiLM", "TaskDescriptor", "MAML", "PrototypicalNetwork",
+            "NTXentLoss"} <= {c.__name__ for c in PUBLIC}
 
 
 @pytest.mark.parametrize("cls", PUBLIC, ids=lambda c: c.__name__)

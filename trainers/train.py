@@ -18,7 +18,7 @@ import sys
 
 from absl import app, flags
 
-from tf_mtml.configs import multitask_experiments  # noqa: F401  (registers experiments)
+from tf_mtml.configs import experiments  # noqa: F401  (registers every experiment)
 from tf_mtml.configs.base import ConfigError
 from tf_mtml.configs.experiment import ExperimentConfig
 from tf_mtml.configs.registry import get_experiment, list_experiments
@@ -28,9 +28,9 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    experiments = ", ".join(list_experiments())
+    names = ", ".join(list_experiments())
     flags.DEFINE_string("experiment", None,
-                        f"Name of a registered experiment. Registered experiments: {experiments}.")
+                        f"Name of a registered experiment. Registered experiments: {names}.")
     flags.DEFINE_string("model_dir", None, "Directory for checkpoints, summaries, params.yaml, "
                         "eval_results.json and export/<version>/.")
     flags.DEFINE_enum("mode", "train_and_eval", list(MODES), "What to run.")

@@ -72,3 +72,15 @@ def test_non_finite_loss_stops_without_checkpointing(tmp_path):
         poisoned.train(40)
     assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-10")
     assert not glob.glob(str(tmp_path / "ckpt-20*"))
+
+
+def test_optimizer_rate_decays_in_stairs():
+    from tf_mtml.configs.experiment import OptimizerConfig
+    from tf_mtml.train.loop import build_optimizer
+
+    optimizer = build_optimizer(OptimizerConfig(learning_rate=0.1, decay_steps=3, decay_rate=0.5))
+    schedule = optimizer._learning_rate  # the schedule object, evaluated per iteration below
+    rates = [float(schedule(step)) for step in range(8)]
+    assert rates == pytest.approx([0.1] * 3 + [0.05] * 3 + [0.025] * 2)
+    constant = build_optimizer(OptimizerConfig(learning_rate=0.1))
+    assert float(constant.learning_rate) == pytest.approx(0.1)

@@ -16,6 +16,10 @@ class OptimizerConfig(Config):
     name: str = "adam"
     learning_rate: float = 1e-3
     clipnorm: float | None = None
+    # Staircase exponential decay: the rate is multiplied by `decay_rate` every `decay_steps`
+    # steps (0 = constant), e.g. ProtoNet's "halve every 2000 episodes".
+    decay_steps: int = 0
+    decay_rate: float = 1.0
 
     def validate(self) -> None:
         if self.name not in OPTIMIZERS:
@@ -26,6 +30,11 @@ class OptimizerConfig(Config):
         if not self.learning_rate > 0:
             raise ConfigError(
                 f"`trainer.optimizer.learning_rate` must be > 0. Received: {self.learning_rate}"
+            )
+        if self.decay_steps < 0 or not 0 < self.decay_rate <= 1:
+            raise ConfigError(
+                "`trainer.optimizer.decay_steps` must be >= 0 and `decay_rate` in (0, 1]. "
+                f"Received: decay_steps={self.decay_steps}, decay_rate={self.decay_rate}"
             )
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from tf_mtml.configs.contrastive import ContrastiveConfig
 from tf_mtml.configs.experiment import ExperimentConfig
+from tf_mtml.configs.meta import MetaLearningConfig
 from tf_mtml.configs.multitask import MultiTaskConfig
+from tf_mtml.tasks.contrastive import ContrastiveTask
+from tf_mtml.tasks.meta import MetaLearningTask
 from tf_mtml.tasks.multitask import MultiTaskLearningTask
 
-_TASKS = {MultiTaskConfig: MultiTaskLearningTask}
+_TASKS = {MultiTaskConfig: MultiTaskLearningTask, MetaLearningConfig: MetaLearningTask,
+          ContrastiveConfig: ContrastiveTask}
 
 
 def build_task(config: ExperimentConfig):

@@ -43,7 +43,11 @@ def build_optimizer(config: OptimizerConfig, mixed_float16: bool = False):
     """A Keras optimizer from its config; wrapped in a LossScaleOptimizer for float16."""
     classes = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW,
                "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}
-    optimizer = classes[config.name](learning_rate=config.learning_rate, clipnorm=config.clipnorm)
+    learning_rate = config.learning_rate
+    if config.decay_steps:
+        learning_rate = keras.optimizers.schedules.ExponentialDecay(
+            config.learning_rate, config.decay_steps, config.decay_rate, staircase=True)
+    optimizer = classes[config.name](learning_rate=learning_rate, clipnorm=config.clipnorm)
     return keras.optimizers.LossScaleOptimizer(optimizer) if mixed_float16 else optimizer
 
 
@@ -160,17 +164,24 @@ class Trainer:
         return logs
 
     def evaluate(self, steps: int = -1) -> dict[str, float]:
-        """Evaluates on the task's evaluation inputs; writes eval summaries."""
-        for metric in self.metrics:
-            metric.reset_state()
-        dataset = self.strategy.distribute_datasets_from_function(
-            lambda ctx: self.task.build_inputs(False, ctx))
-        for i, inputs in enumerate(dataset):
-            if 0 <= steps <= i:
-                break
-            self._eval_step_fn(inputs)
-        results = {k: v for k, v in metric_results(self.metrics).items()
-                   if not k.startswith("gate/")}
+        """Evaluates on the task's evaluation inputs; writes eval summaries.
+
+        A task whose evaluation is not a sum over batches (a linear probe fitted on frozen
+        embeddings, say) defines `evaluate_model(model, strategy) -> {name: float}` instead.
+        """
+        if hasattr(self.task, "evaluate_model"):
+            results = dict(self.task.evaluate_model(self.model, self.strategy))
+        else:
+            for metric in self.metrics:
+                metric.reset_state()
+            dataset = self.strategy.distribute_datasets_from_function(
+                lambda ctx: self.task.build_inputs(False, ctx))
+            for i, inputs in enumerate(dataset):
+                if 0 <= steps <= i:
+                    break
+                self._eval_step_fn(inputs)
+            results = {k: v for k, v in metric_results(self.metrics).items()
+                       if not k.startswith("gate/")}
         self.write_summaries("eval", results)
         logging.info("eval at step %d: %s", self.step, _format(results))
         return results

@@ -53,9 +53,11 @@ def build_trainer(params: ExperimentConfig, model_dir: str) -> Trainer:
 
 def export_model(trainer: Trainer, model_dir: str) -> str:
     """Exports the trainer's model to `model_dir/export/<version>/` for TF Serving."""
+    task = trainer.task
+    extra = task.extra_endpoints(trainer.model) if hasattr(task, "extra_endpoints") else None
     return export_saved_model(trainer.model, os.path.join(model_dir, "export"),
-                              input_signature=trainer.task.input_signature(),
-                              serve_fn=trainer.task.serve_fn(trainer.model))
+                              input_signature=task.input_signature(),
+                              serve_fn=task.serve_fn(trainer.model), extra_endpoints=extra)
 
 
 def run_experiment(params: ExperimentConfig, mode: str, model_dir: str) -> dict:

@@ -1,0 +1,166 @@
+"""SimCLR pretraining vs training from scratch on 8x8 digits, with 1 / 5 / 10 labels per class.
+
+For each seed `s`, the registered `simclr_digits` experiment is pretrained in-process with
+the project's `Trainer` (runtime seed `s`) and evaluated with labelled subsets drawn with
+seed `s` from the train split (the test split is fixed, 539 images). Per budget of `k`
+labels per class it reports, on the same labelled images:
+
+- `probe`: logistic regression on the frozen, pretrained, L2-normalised embeddings;
+- `finetune`: the pretrained encoder + a new head, trained end to end;
+- `scratch`: the same encoder architecture and recipe from a fresh initialisation;
+- `random_probe`: the probe on the encoder before pretraining (what pretraining adds);
+- `pixel_probe`: the probe on the raw 64 pixels (no network at all).
+
+Command (from the repository root):
+    .venv/bin/python -m bench.contrastive_digits [--seeds=3] [--train_steps=N] [--quick]
+
+Output: one JSON object on stdout (logs go to stderr): per-seed figures, mean / standard
+deviation per figure, and the paired differences `finetune - scratch` and
+`probe - random_probe`. `--quick` (2 seeds, 20 steps, 1 and 5 labels, 20 fine-tune
+steps) is a smoke run of about a minute.
+
+Measured with the defaults (see the report in `tf_mtml/configs/contrastive_experiments.py`,
+`simclr_digits`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+
+from tf_mtml.configs import contrastive_experiments  # noqa: F401  (registers experiments)
+from tf_mtml.configs.registry import get_experiment
+from tf_mtml.data.digits import labelled_subset
+from tf_mtml.tasks.contrastive_eval import embed_images, probe_accuracy
+from tf_mtml.tasks.factory import build_task
+from tf_mtml.train.loop import Trainer
+
+EXPERIMENT = "simclr_digits"
+QUICK = {"seeds": 2, "train_steps": 20,
+         "overrides": "task.evaluation.labels_per_class=[1,5],task.evaluation.finetune_steps=20"}
+PAIRS = {"finetune_minus_scratch": ("finetune", "scratch"),
+         "probe_minus_random_probe": ("probe", "random_probe")}
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_integer("seeds", 3, "Seeds 0..N-1: initialisation, batches and label subsets.")
+    flags.DEFINE_integer("train_steps", None, "Pretraining steps (default: the experiment's).")
+    flags.DEFINE_bool("quick", False, "Smoke run: 2 seeds, 20 steps, small budgets.")
+
+
+def _probes(task, model, prefix: str) -> dict[str, float]:
+    """Probe accuracy of `model`'s embeddings (or of raw pixels when `model` is None)."""
+    digits, evaluation = task.digits, task.config.evaluation
+
+    def features(images):
+        if model is None:
+            return images.reshape(len(images), -1)
+        return embed_images(model, images)
+
+    train, test = features(digits.train_images), features(digits.test_images)
+    results = {}
+    for k in evaluation.labels_per_class:
+        ids = labelled_subset(digits.train_labels, k, evaluation.subset_seed)
+        results[f"{prefix}/acc_{k}_per_class"] = probe_accuracy(
+            train[ids], digits.train_labels[ids], test, digits.test_labels, evaluation.probe_c)
+    return results
+
+
+def run_seed(seed: int, train_steps: int | None = None, overrides: str = "") -> dict:
+    """Pretrains and evaluates one seed; returns its figures and timings."""
+    config = get_experiment(EXPERIMENT)
+    config.override({"runtime": {"seed": seed},
+                     "task": {"evaluation": {"subset_seed": seed, "scratch_baseline": True}}})
+    if train_steps is not None:
+        config.override({"trainer": {"train_steps": train_steps,
+                                     "steps_per_loop": min(train_steps, 100),
+                                     "checkpoint_interval": train_steps,
+                                     "validation_interval": train_steps}})
+    config.override_from_string(overrides)
+    config.validate()
+    keras.backend.clear_session()
+    task = build_task(config)
+    # The trainer draws a progress bar on an interactive stdout, which must carry only JSON.
+    with tempfile.TemporaryDirectory() as model_dir, contextlib.redirect_stdout(sys.stderr):
+        trainer = Trainer(task, tf.distribute.get_strategy(), config.trainer, model_dir)
+        results = _probes(task, trainer.model, "random_probe") | _probes(task, None,
+                                                                          "pixel_probe")
+        start = time.perf_counter()
+        logs = trainer.train(config.trainer.train_steps)
+        train_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        results |= trainer.evaluate()
+        eval_seconds = time.perf_counter() - start
+    return {"seed": seed, "train_steps": trainer.step, "final_loss": logs["loss"],
+            "train_seconds": train_seconds, "eval_seconds": eval_seconds,
+            "figures": results}
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Mean and standard deviation of every figure, and paired differences, over seeds."""
+    def stats(values: list[float]) -> dict:
+        return {"mean": statistics.fmean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "values": values}
+
+    names = sorted(runs[0]["figures"])
+    summary = {name: stats([run["figures"][name] for run in runs]) for name in names}
+    for label, (a, b) in PAIRS.items():
+        for name in names:
+            if name.startswith(f"{a}/"):
+                budget = name.split("/", 1)[1]
+                summary[f"{label}/{budget}"] = stats(
+                    [run["figures"][name] - run["figures"][f"{b}/{budget}"] for run in runs])
+    return summary
+
+
+def run_benchmark(seeds: int, train_steps: int | None = None, overrides: str = "") -> dict:
+    load_before = os.getloadavg()
+    start = time.perf_counter()
+    runs = [run_seed(seed, train_steps, overrides) for seed in range(seeds)]
+    return {
+        "benchmark": "contrastive_digits",
+        "experiment": EXPERIMENT,
+        "overrides": overrides,
+        "summary": summarize(runs),
+        "runs": runs,
+        "total_seconds": time.perf_counter() - start,
+        "machine": {
+            "cores": len(os.sched_getaffinity(0)),
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "load_average_1_5_15_before": load_before,
+            "load_average_1_5_15_after": os.getloadavg(),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        },
+    }
+
+
+def main(argv) -> None:
+    del argv
+    if FLAGS.quick:
+        report = run_benchmark(QUICK["seeds"], QUICK["train_steps"], QUICK["overrides"])
+    else:
+        report = run_benchmark(FLAGS.seeds, FLAGS.train_steps)
+    print(json.dumps(report, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    define_flags()
+    app.run(main)
