@@ -19,8 +19,22 @@ deviation per figure, and the paired differences `finetune - scratch` and
 `probe - random_probe`. `--quick` (2 seeds, 20 steps, 1 and 5 labels, 20 fine-tune
 steps) is a smoke run of about a minute.
 
-Measured with the defaults (see the report in `tf_mtml/configs/contrastive_experiments.py`,
-`simclr_digits`).
+Measured with the defaults (3 seeds, 500 pretraining steps each; TF 2.21, Keras 3.15, 2 CPU
+cores shared with other jobs, load average ~8): 385 s in all (per seed 53-88 s pretraining,
+50-63 s evaluation). Test accuracy, mean +- std over seeds, for 1 / 5 / 10 labels per class:
+
+    probe (pretrained, frozen)   74.3 +- 2.4   90.0 +- 0.3   89.9 +- 0.8
+    finetune (pretrained)        65.4 +- 1.4   88.4 +- 0.8   90.4 +- 1.3
+    scratch (same recipe)        40.1 +- 5.8   68.2 +- 3.7   72.1 +- 7.1
+    random_probe                 32.1 +- 1.9   52.6 +- 9.6   54.6 +- 6.3
+    pixel_probe                  66.7 +- 3.9   86.5 +- 1.3   90.7 +- 0.8
+
+Pretraining beats training the same encoder from scratch by 25 / 20 / 18 points (paired,
++-7 / 5 / 6) and lifts the frozen probe 35-42 points over the random encoder. It does not
+beat a logistic regression on the raw pixels by much (+7.6 points at 1 label per class,
++3.5 at 5, -0.8 at 10): 8x8 digits are nearly linearly separable already, which leaves a
+learned representation little room beyond the scarcest labels. The test images flagged by
+the OOD score (`ood/eval_outlier_fraction`) are 5.5 +- 1.2%, against 5% calibrated.
 """
 
 from __future__ import annotations
@@ -36,7 +50,6 @@ import tempfile
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
@@ -161,6 +174,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=4)
     define_flags()
     app.run(main)

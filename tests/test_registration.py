@@ -8,12 +8,13 @@ import pytest
 import tf_mtml.layers as layers
 import tf_mtml.losses as losses
 import tf_mtml.meta as meta
+import tf_mtml.models as models
 from tf_mtml.losses.masked import MaskedTaskLoss
 from tf_mtml.models.multitask_model import MultiTaskModel
 from tf_mtml.weighting.static import StaticWeighting
 from tf_mtml.weighting.uncertainty import UncertaintyWeighting
 
-PUBLIC = [getattr(module, name) for module in (layers, losses, meta) for name in module.__all__
+PUBLIC = [getattr(module, name) for module in (layers, losses, meta, models) for name in module.__all__
           if inspect.isclass(getattr(module, name))]
 PUBLIC += [MaskedTaskLoss, MultiTaskModel, StaticWeighting, UncertaintyWeighting]
 

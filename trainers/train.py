@@ -43,12 +43,14 @@ def define_flags() -> None:
                         "mirrored, multi_worker_mirrored or tpu.")
     flags.DEFINE_string("tpu", None, "TPU name or grpc:// address (runtime.tpu); 'local' on a "
                         "Cloud TPU VM.")
+    flags.DEFINE_string("data_dir", None, "Data root holding omniglot/, census-income/ "
+                        "(task.data.data_dir); default: $TF_MTML_DATA_DIR, else ../shared/data.")
     flags.mark_flags_as_required(["experiment", "model_dir"])
 
 
 def build_params(experiment: str, model_dir: str, mode: str, config_files, params_override: str,
-                 train_steps: int | None, strategy: str | None, tpu: str | None
-                 ) -> ExperimentConfig:
+                 train_steps: int | None, strategy: str | None, tpu: str | None,
+                 data_dir: str | None = None) -> ExperimentConfig:
     """The validated experiment config for these flag values."""
     params = get_experiment(experiment)
     saved = os.path.join(model_dir, PARAMS_FILE)
@@ -61,6 +63,12 @@ def build_params(experiment: str, model_dir: str, mode: str, config_files, param
                       "runtime": {"strategy": strategy, "tpu": tpu}}
     params.override({section: {k: v for k, v in values.items() if v is not None}
                      for section, values in flag_overrides.items()})
+    if data_dir is not None:
+        if not hasattr(getattr(params.task, "data", None), "data_dir"):
+            raise ConfigError(
+                f"--data_dir={data_dir!r} was given, but experiment {experiment!r} reads no data "
+                "from disk (its data is generated). Drop --data_dir.")
+        params.override({"task": {"data": {"data_dir": data_dir}}})
     params.validate()
     return params
 
@@ -69,7 +77,8 @@ def main(argv) -> int:
     del argv
     try:
         params = build_params(FLAGS.experiment, FLAGS.model_dir, FLAGS.mode, FLAGS.config_file,
-                              FLAGS.params_override, FLAGS.train_steps, FLAGS.strategy, FLAGS.tpu)
+                              FLAGS.params_override, FLAGS.train_steps, FLAGS.strategy, FLAGS.tpu,
+                              FLAGS.data_dir)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

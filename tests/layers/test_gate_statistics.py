@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tests.layers.helpers import assert_config_round_trip
-from tf_mtml.layers import GateStatistics
+from tf_mtml.layers import GateStatistics, expert_utilisation_warnings
 
 
 def _gates(rng, batch, num_tasks=2, num_experts=3):
@@ -67,3 +67,62 @@ def test_invalid_arguments_raise(kwargs, match):
 
 def test_config_round_trip():
     assert_config_round_trip(GateStatistics(num_tasks=2, num_experts=3, task_names=["a", "b"]))
+
+
+def _utilisation_results(task_gates):
+    """GateStatistics results for one batch of `(num_tasks, num_experts)` gates."""
+    gates = np.asarray(task_gates, "float32")
+    metric = GateStatistics(num_tasks=gates.shape[0], num_experts=gates.shape[1],
+                            task_names=["a", "level0/b"][: gates.shape[0]])
+    metric.update_state(gates[None])
+    return metric.result()
+
+
+def test_healthy_gates_give_no_warning():
+    results = _utilisation_results([[0.4, 0.3, 0.3], [0.2, 0.5, 0.3]])
+    assert expert_utilisation_warnings(results) == []
+
+
+def test_polarised_gate_and_unused_experts_are_flagged():
+    # Weights exact in float32, so that the thresholds can be hit exactly.
+    results = _utilisation_results([[0.9375, 0.0546875, 0.0078125], [0.5, 0.25, 0.25]])
+    messages = expert_utilisation_warnings(results)
+    assert len(messages) == 2
+    assert messages[0].startswith("Gate 'a' is polarised: expert 0 takes 93.8%")
+    assert "never uses 1 of its 3 experts" in messages[1] and "expert 2: 0.78%" in messages[1]
+    # `polarised` is inclusive, `unused` exclusive, as documented.
+    assert expert_utilisation_warnings(results, polarised=0.94, unused=0.0078125) == []
+    assert len(expert_utilisation_warnings(results, polarised=0.9375, unused=0.008)) == 2
+
+
+def test_gate_names_with_slashes_and_unused_experts_without_polarisation():
+    results = _utilisation_results([[0.5, 0.5, 0.0], [0.0, 0.002, 0.998]])
+    messages = expert_utilisation_warnings(results)
+    assert messages == [
+        "Gate 'a' never uses 1 of its 3 experts (mean weight < 1%; expert 2: 0.00%).",
+        "Gate 'level0/b' is polarised: expert 2 takes 99.8% of its weight (>= 90%). Consider "
+        "expert dropout (`task.model.expert_dropout`) or fewer experts.",
+        "Gate 'level0/b' never uses 2 of its 3 experts (mean weight < 1%; expert 0: 0.00%, "
+        "expert 1: 0.20%).",
+    ]
+
+
+def test_gates_without_updates_and_other_keys_are_ignored():
+    empty = GateStatistics(num_tasks=1, num_experts=2).result()
+    assert expert_utilisation_warnings({**empty, "loss": 0.3, "y1/mse": 0.001}) == []
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"polarised": 0.0}, "polarised=0.0"),
+        ({"polarised": 1.5}, "polarised=1.5"),
+        ({"unused": -0.1}, "unused=-0.1"),
+        ({"unused": 1.0}, "unused=1.0"),
+        ({"unused": True}, "unused=True"),
+        ({"polarised": 0.3, "unused": 0.3}, "unused=0.3 >= polarised=0.3"),
+    ],
+)
+def test_invalid_thresholds_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        expert_utilisation_warnings({}, **kwargs)

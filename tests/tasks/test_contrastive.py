@@ -2,6 +2,9 @@
 
 import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import keras
 import numpy as np
@@ -12,7 +15,10 @@ from tf_mtml.configs.contrastive_experiments import simclr_digits, supcon_omnigl
 from tf_mtml.configs.experiment import TrainerConfig
 from tf_mtml.data.data_dir import resolve_data_dir
 from tf_mtml.serving.export import read_signature_defs
-from tf_mtml.serving.session_loader import serve_in_fresh_process
+from tf_mtml.serving.session_loader import (
+    run_signature_with_session_loader,
+    serve_in_fresh_process,
+)
 from tf_mtml.tasks.contrastive import LABELS, VIEWS, ContrastiveTask
 from tf_mtml.train.loop import Trainer
 from tf_mtml.train.run import run_experiment
@@ -105,33 +111,19 @@ def test_train_step_minimises_the_contrastive_loss(loss):
 
 
 @pytest.mark.slow
-def test_trainer_evaluates_probes_fine_tunes_and_ood(tmp_path):
-    task = _task("evaluation.scratch_baseline=true")
-    trainer = Trainer(task, tf.distribute.get_strategy(),
-                      TrainerConfig(train_steps=2, steps_per_loop=2, checkpoint_interval=2,
-                                    validation_interval=2), str(tmp_path))
-    trainer.train(2)
-    results = trainer.evaluate()
-    assert set(results) == {f"{kind}/acc_{k}_per_class" for kind in ("probe", "finetune",
-                                                                     "scratch")
-                            for k in (1, 2)} | {"ood/eval_outlier_fraction"}
-    assert all(0.0 <= v <= 1.0 for v in results.values())
-    # The reference embeddings are the current embeddings of the training images.
-    refs = task.reference_images()
-    np.testing.assert_allclose(trainer.model.ood_scorer.references.numpy(),
-                               trainer.model.embed(refs).numpy(), atol=1e-5)
-
-
-@pytest.mark.slow
 def test_train_and_eval_then_export_serves_embeddings_and_ood_scores(tmp_path):
     params = simclr_digits()
-    params.task.override_from_string(f"{TINY},evaluation.labels_per_class=[1]")
+    params.task.override_from_string(
+        f"{TINY},evaluation.labels_per_class=[1],evaluation.scratch_baseline=true")
     params.trainer = TrainerConfig(train_steps=2, steps_per_loop=2, checkpoint_interval=2,
                                    validation_interval=2)
     model_dir = str(tmp_path)
     run_experiment(params, "train_and_eval", model_dir)
     results = json.load(open(os.path.join(model_dir, "eval_results.json")))
-    assert results["step"] == 2 and "probe/acc_1_per_class" in results
+    assert set(results) == {"step", "probe/acc_1_per_class", "finetune/acc_1_per_class",
+                            "scratch/acc_1_per_class", "ood/eval_outlier_fraction"}
+    assert results["step"] == 2
+    assert all(0.0 <= v <= 1.0 for k, v in results.items() if k != "step")
 
     export_dir = run_experiment(params, "export", model_dir)["export_dir"]
     assert set(read_signature_defs(export_dir)) == {"serving_default", "ood_score"}
@@ -139,17 +131,51 @@ def test_train_and_eval_then_export_serves_embeddings_and_ood_scores(tmp_path):
     trainer = Trainer(task, tf.distribute.get_strategy(), params.trainer, model_dir)
     trainer.restore()
     task.adapt_ood_scorer(trainer.model)
+    model = trainer.model
+    # The scorer's references are the current embeddings of the reference images.
+    np.testing.assert_allclose(model.ood_scorer.references.numpy(),
+                               model.embed(task.reference_images()).numpy(), atol=1e-5)
     images = np.concatenate([task.digits.test_images[:5],
                              np.random.default_rng(0).uniform(size=(3, 8, 8, 1))]).astype("f4")
     served = serve_in_fresh_process(export_dir, {"images": images})
-    np.testing.assert_allclose(served["embedding"], trainer.model.embed(images).numpy(),
-                               atol=1e-5)
+    np.testing.assert_allclose(served["embedding"], model.embed(images).numpy(), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(served["embedding"], axis=1), 1.0, atol=1e-5)
-    scored = serve_in_fresh_process(export_dir, {"images": images}, "ood_score")
-    expected = trainer.model.ood_score(images).numpy()
+    scored = run_signature_with_session_loader(export_dir, {"images": images}, "ood_score")
+    expected = model.ood_score(images).numpy()
     np.testing.assert_allclose(scored["ood_score"], expected, atol=1e-5)
     np.testing.assert_array_equal(scored["is_outlier"],
-                                  expected > trainer.model.ood_scorer.threshold.numpy())
+                                  expected > model.ood_scorer.threshold.numpy())
+
+
+MIRRORED = textwrap.dedent("""
+    import sys, numpy as np, tensorflow as tf
+    from tf_mtml.configs.contrastive_experiments import simclr_digits
+    from tf_mtml.tasks.factory import build_task
+    from tf_mtml.train.distribute import get_strategy
+    from tf_mtml.train.loop import Trainer
+
+    params = simclr_digits().override_from_string(sys.argv[2])
+    strategy = get_strategy("mirrored", num_cpu_devices=2)
+    trainer = Trainer(build_task(params), strategy, params.trainer, sys.argv[1])
+    logs = trainer.train(2)
+    results = trainer.evaluate()
+    print("RESULT", strategy.num_replicas_in_sync, logs["loss"], results["probe/acc_1_per_class"],
+          trainer.model.ood_scorer.references.numpy().any())
+""")
+
+
+@pytest.mark.slow
+def test_mirrored_training_and_evaluation_on_two_cpus(tmp_path):
+    overrides = ",".join(f"task.{o}" for o in TINY.split(",")) + (
+        ",task.evaluation.labels_per_class=[1],trainer.train_steps=2,trainer.steps_per_loop=2,"
+        "trainer.checkpoint_interval=2,trainer.validation_interval=2")
+    result = subprocess.run([sys.executable, "-c", MIRRORED, str(tmp_path), overrides],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT"))
+    replicas, loss, accuracy, filled = line.split()[1:]
+    assert int(replicas) == 2 and np.isfinite(float(loss)) and 0 <= float(accuracy) <= 1
+    assert filled == "True"
 
 
 def test_evaluation_batches_and_oversized_batches_are_refused():
@@ -172,6 +198,7 @@ def test_supcon_omniglot_batches_and_few_shot_evaluation():
     _omniglot_or_skip()
     task = _task("data.global_batch_size=8,data.classes_per_batch=4,evaluation.episodes=4,"
                  "evaluation.episode_batch_size=2,evaluation.num_queries=2,"
+                 "evaluation.ood_max_references=64,"
                  "model.pool_blocks=4", experiment=supcon_omniglot)
     batch = next(iter(task.build_inputs(True)))
     assert batch[VIEWS].shape == (8, 2, 28, 28, 1)

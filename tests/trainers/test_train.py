@@ -87,7 +87,7 @@ def test_helpfull_lists_the_experiments():
 
 @pytest.mark.parametrize("args, message", [
     (["--experiment=nope", "--model_dir=/tmp/x"],
-     "Unknown experiment 'nope'. Registered experiments: mmoe_synthetic"),
+     "Unknown experiment 'nope'. Registered experiments: anil_omniglot"),
     (["--experiment=mmoe_synthetic", "--model_dir=/tmp/x", "--params_override=trainer.steps"],
      "Malformed override 'trainer.steps'"),
     (["--experiment=mmoe_synthetic", "--model_dir=/tmp/x", "--tpu=local"], "conflict"),
@@ -104,3 +104,15 @@ def test_eval_without_a_checkpoint_says_train_first(tmp_path):
     result = _train(str(tmp_path / "empty"), "--mode=eval")
     assert result.returncode == 2
     assert "needs a trained checkpoint" in result.stderr and "Train first" in result.stderr
+
+
+def test_data_dir_flag_sets_the_data_root_of_the_experiment(tmp_path):
+    from tf_mtml.configs import experiments  # noqa: F401
+    from trainers.train import build_params
+
+    params = build_params("protonet_omniglot", str(tmp_path), "train", [], "", None, None, None,
+                          data_dir="/data/root")
+    assert params.task.data.data_dir == "/data/root"
+    params = build_params("protonet_omniglot", str(tmp_path), "train", [],
+                          "task.data.data_dir=/other", None, None, None)
+    assert params.task.data.data_dir == "/other"

@@ -66,5 +66,5 @@ def test_factory_and_config_round_trip():
     assert static.effective_weights() == {"a": 3.0, "b": 1.0}
     clone = UncertaintyWeighting.from_config(get_weighting("uncertainty", tasks).get_config())
     assert clone.task_types == {"a": "binary", "b": "regression"}
-    with pytest.raises(ValueError, match=r"weighting.*'gradnorm'"):
-        get_weighting("gradnorm", tasks)
+    with pytest.raises(ValueError, match=r"weighting.*'gradnrom'"):
+        get_weighting("gradnrom", tasks)

@@ -114,8 +114,9 @@ class ContrastiveModelConfig(Config):
     """Encoder, projection head and loss.
 
     `conv4` is the few-shot Conv-4 (`tf_mtml.meta.backbones.conv4`); `pool_blocks=3` fits
-    8x8 digits (8 -> 4 -> 2 -> 1, the default source), 4 fits 28x28 Omniglot. `nt_xent` (SimCLR) uses no labels;
-    `supcon` (Khosla et al. 2020) treats every same-class image in the batch as a positive.
+    8x8 digits (8 -> 4 -> 2 -> 1, the default source), 4 fits 28x28 Omniglot. `nt_xent`
+    (SimCLR) uses no labels; `supcon` (Khosla et al. 2020) treats every same-class image in
+    the batch as a positive.
     """
 
     encoder: str = "conv4"

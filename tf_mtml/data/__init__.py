@@ -9,6 +9,7 @@ from tf_mtml.data.augment import (
     random_grayscale,
     random_resized_crop,
 )
+from tf_mtml.data.census import CensusIncome, download_census_income, load_census_income
 from tf_mtml.data.data_dir import resolve_data_dir
 from tf_mtml.data.episodes import (
     class_datasets_from_files,
@@ -30,6 +31,7 @@ from tf_mtml.data.omniglot import (
     load_omniglot,
     omniglot_characters,
 )
+from tf_mtml.data.ranking_synthetic import RankingDay, RankingSyntheticProblem
 from tf_mtml.data.sinusoid import sinusoid_episode_dataset
 from tf_mtml.data.synthetic import TASK_NAMES, MMoESyntheticProblem
 from tf_mtml.data.task_sampling import (
@@ -46,18 +48,23 @@ __all__ = [
     "STRATEGIES",
     "TASK_ID_KEY",
     "TASK_NAMES",
+    "CensusIncome",
     "ClassIndexedData",
     "MMoESyntheticProblem",
+    "RankingDay",
+    "RankingSyntheticProblem",
     "as_seed",
     "class_datasets_from_files",
     "color_jitter",
     "cutmix",
+    "download_census_income",
     "download_omniglot",
     "episode_dataset",
     "from_arrays",
     "from_tf_dataset",
     "gaussian_blur",
     "labelled_class_datasets",
+    "load_census_income",
     "load_omniglot",
     "mixup",
     "multi_label_dataset",

@@ -1,8 +1,9 @@
-"""Running statistics of mixture-of-experts gates, exposed as a Keras metric."""
+"""Running statistics of mixture-of-experts gates (a Keras metric), and checks of them."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 
 import keras
 from keras import ops
@@ -10,6 +11,7 @@ from keras import ops
 from tf_mtml.layers._validation import check_positive_int, check_task_names
 
 _TINY = 1e-30
+_WEIGHT_KEY = re.compile(r"^gate/(?P<gate>.+)/expert(?P<expert>\d+)_weight$")
 
 
 @keras.saving.register_keras_serializable(package="tf_mtml")
@@ -88,3 +90,79 @@ class GateStatistics(keras.metrics.Metric):
             "num_experts": self.num_experts,
             "task_names": self.task_names,
         }
+
+
+def _check_fraction(name: str, value, low_open: bool, high_open: bool) -> float:
+    interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (0 < value if low_open else 0 <= value)
+        or not (value < 1 if high_open else value <= 1)
+    ):
+        raise ValueError(
+            f"Received an invalid value for `{name}`, expected a float in {interval}. "
+            f"Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+def expert_utilisation_warnings(
+    results: Mapping[str, float], polarised: float = 0.9, unused: float = 0.01
+) -> list[str]:
+    """Flags polarised gates and unused experts in `GateStatistics` results.
+
+    A gate is polarised when one expert's mean weight is at least `polarised`: the mixture
+    has collapsed to that expert (Zhao et al. RecSys 2019 counter it with expert dropout). An
+    expert is unused by a gate when its mean weight is below `unused`. Gates without
+    statistics yet (all weights 0, before any update) are skipped, and keys that are not
+    expert weights are ignored, so the logs of a whole training loop can be passed.
+
+    Args:
+        results: `{"gate/{gate}/expert{i}_weight": mean weight, ...}`, e.g.
+            `GateStatistics.result()` or the trainer's logs (values may be tensors).
+        polarised: Mean weight from which one expert dominates a gate, in `(0, 1]`.
+        unused: Mean weight below which an expert counts as unused, in `[0, 1)`, below
+            `polarised`.
+
+    Returns:
+        One message per finding (a polarised gate, or the unused experts of a gate), ordered
+        by gate name; empty when every gate is healthy.
+
+    Example:
+        ```python
+        for message in expert_utilisation_warnings(metric_results(model.metrics)):
+            logging.warning(message)
+        ```
+    """
+    polarised = _check_fraction("polarised", polarised, low_open=True, high_open=False)
+    unused = _check_fraction("unused", unused, low_open=False, high_open=True)
+    if unused >= polarised:
+        raise ValueError(
+            f"Received unused={unused} >= polarised={polarised}: an expert cannot be both "
+            "unused and dominant. Pass `unused` below `polarised`."
+        )
+    gates: dict[str, dict[int, float]] = {}
+    for key, value in results.items():
+        match = _WEIGHT_KEY.match(key)
+        if match:
+            gates.setdefault(match["gate"], {})[int(match["expert"])] = float(value)
+    messages = []
+    for gate, weights in sorted(gates.items()):
+        if sum(weights.values()) <= 0.0:
+            continue
+        top = max(weights, key=weights.get)
+        if weights[top] >= polarised:
+            messages.append(
+                f"Gate '{gate}' is polarised: expert {top} takes {weights[top]:.1%} of its "
+                f"weight (>= {polarised * 100:g}%). Consider expert dropout "
+                "(`task.model.expert_dropout`) or fewer experts."
+            )
+        idle = {i: w for i, w in sorted(weights.items()) if w < unused}
+        if idle:
+            shares = ", ".join(f"expert {i}: {w:.2%}" for i, w in idle.items())
+            messages.append(
+                f"Gate '{gate}' never uses {len(idle)} of its {len(weights)} experts (mean "
+                f"weight < {unused * 100:g}%; {shares})."
+            )
+    return messages

@@ -28,7 +28,8 @@ def _check_quantile(quantile) -> float:
             0 < quantile < 1):
         raise ValueError(
             "Received an invalid value for `quantile`, expected a float in (0, 1) (the share "
-            f"of in-distribution inputs scored below the threshold). Received: quantile={quantile!r}"
+            "of in-distribution inputs scored below the threshold). "
+            f"Received: quantile={quantile!r}"
         )
     return float(quantile)
 

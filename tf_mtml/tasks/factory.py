@@ -6,12 +6,14 @@ from tf_mtml.configs.contrastive import ContrastiveConfig
 from tf_mtml.configs.experiment import ExperimentConfig
 from tf_mtml.configs.meta import MetaLearningConfig
 from tf_mtml.configs.multitask import MultiTaskConfig
+from tf_mtml.configs.ranking import RankingConfig
 from tf_mtml.tasks.contrastive import ContrastiveTask
 from tf_mtml.tasks.meta import MetaLearningTask
 from tf_mtml.tasks.multitask import MultiTaskLearningTask
+from tf_mtml.tasks.ranking import RankingTask
 
 _TASKS = {MultiTaskConfig: MultiTaskLearningTask, MetaLearningConfig: MetaLearningTask,
-          ContrastiveConfig: ContrastiveTask}
+          ContrastiveConfig: ContrastiveTask, RankingConfig: RankingTask}
 
 
 def build_task(config: ExperimentConfig):

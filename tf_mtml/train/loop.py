@@ -150,6 +150,9 @@ class Trainer:
             self._train_loop_fn(iterator, tf.constant(num_steps, tf.int32))
             logs = self.train_loop_end()
             self._check_finite(logs)
+            hook = getattr(self.task, "after_train_loop", None)
+            if hook is not None:  # e.g. warnings about polarised or unused experts
+                hook(logs)
             self.write_summaries("train", logs)
             if progbar is not None:
                 progbar.update(self.step, values=[(k, v) for k, v in logs.items()

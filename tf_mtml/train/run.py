@@ -74,6 +74,11 @@ def run_experiment(params: ExperimentConfig, mode: str, model_dir: str) -> dict:
         outputs["eval"] = trainer.evaluate(params.trainer.validation_steps)
         write_eval_results(outputs["eval"], trainer.step, model_dir)
 
+    if mode in ("train", "train_and_eval") and hasattr(trainer.task, "run_schedule"):
+        # A task trained on a schedule (day by day, in temporal order) drives the trainer and
+        # writes its own per-phase eval_results.json.
+        outputs.update(trainer.task.run_schedule(trainer, evaluate=mode == "train_and_eval"))
+        return outputs
     if mode in ("train", "train_and_eval"):
         outputs["train"] = trainer.train(params.trainer.train_steps,
                                          eval_fn=evaluate if mode == "train_and_eval" else None)
