@@ -14,8 +14,10 @@ model, after tracing the step and after two steps: `peak_mb` is the last minus t
 (the issue's figure), `step_mb` excludes the tracing. With `--tf_allocator_stats` (default)
 the subprocess uses TF's BFC allocator on CPU (`TF_CPU_ALLOCATOR_USE_BFC`), whose own peak of
 bytes in use by tensors (`tf_allocator_peak_mb`) separates tensor memory from malloc caching
-and graph/kernel state. Slopes are least-squares MB per inner step. The meta-gradients of the
-first step are compared between recompute off and on (same seed, same episode).
+and graph/kernel state. Slopes are least-squares MB per inner step. The first step's
+meta-gradients with recompute off and on (same seed, same episode) are compared as measured,
+in float32, and in float64 (in this process, `float64_filters` filters), which decides: in
+float32 this model's meta-gradient carries errors of up to a few percent either way.
 
     .venv/bin/python -m bench.maml_memory [--inner_steps=1,2,4,8] [--meta_batch_size=4]
     .venv/bin/python -m bench.maml_memory --quick  # toy sizes
@@ -48,8 +50,8 @@ from tf_mtml.meta.maml import MAML
 
 FLAGS = flags.FLAGS
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-# Recompute must give the meta-gradient of plain backpropagation up to float32 round-off.
-GRADIENT_TOLERANCE = 1e-4
+# In float64, recompute must give the meta-gradient of plain backpropagation to round-off.
+FLOAT64_TOLERANCE = 1e-9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,11 +67,13 @@ class MemoryConfig:
     meta_batch_mode: str = "vectorized_map"
     learning_rate: float = 1e-3
     tf_allocator_stats: bool = True
+    # Filters of the float64 gradient check (float64 convolutions are slow on CPU).
+    float64_filters: int = 16
     seed: int = 0
 
 
 QUICK = MemoryConfig(inner_steps=(1, 2, 3), num_ways=2, num_shots=1, num_queries=1,
-                     meta_batch_size=2, image_size=16, filters=4)
+                     meta_batch_size=2, image_size=16, filters=4, float64_filters=4)
 
 
 def define_flags() -> None:
@@ -163,7 +167,27 @@ def slope(steps: list[int], values: list[float]) -> float:
     return float(np.polyfit(steps, values, 1)[0])
 
 
-def summarize(rows: list[dict], gradient_diffs: dict[int, float]) -> dict:
+def float64_meta_gradients(config: MemoryConfig, inner_steps: int,
+                           recompute: bool) -> list[np.ndarray]:
+    """The first step's meta-gradient in float64, with `float64_filters` filters, here."""
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float64")
+    try:
+        keras.utils.set_random_seed(config.seed)
+        learner = conv4_classifier(config.num_ways, (config.image_size, config.image_size, 1),
+                                   config.float64_filters)
+        maml = MAML(learner, inner_lr=config.inner_lr, inner_steps=inner_steps,
+                    recompute=recompute, meta_batch_mode=config.meta_batch_mode)
+        batch = {k: tf.cast(v, "float64") if v.dtype.is_floating else v
+                 for k, v in episode(config).items()}
+        _, grads, _ = tf.function(maml.train_gradients)(batch, config.meta_batch_size)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    return [g.numpy() for g in grads]
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Least-squares slopes of every memory figure against inner steps, per recompute flag."""
     figures = ["peak_mb", "step_mb"] + (["tf_allocator_peak_mb"]
                                         if "tf_allocator_peak_mb" in rows[0] else [])
     slopes = {}
@@ -180,16 +204,26 @@ def summarize(rows: list[dict], gradient_diffs: dict[int, float]) -> dict:
             name: recomputed[name] / plain[name] for name in plain},
         "recompute_reduces_peak_mb_slope": bool(
             recomputed["peak_mb_per_inner_step"] < plain["peak_mb_per_inner_step"]),
-        "meta_gradient_rel_diff": {str(k): v for k, v in gradient_diffs.items()},
-        "same_meta_gradient": all(v <= GRADIENT_TOLERANCE for v in gradient_diffs.values()),
-        "gradient_tolerance": GRADIENT_TOLERANCE,
+    }
+
+
+def gradient_check(float32_diffs: dict[int, float], float64_diffs: dict[int, float]) -> dict:
+    """Recompute vs plain meta-gradients: float32 (measured runs) and float64 (the verdict)."""
+    return {
+        "float32_rel_diff": {str(k): v for k, v in float32_diffs.items()},
+        "float64_rel_diff": {str(k): v for k, v in float64_diffs.items()},
+        "float64_tolerance": FLOAT64_TOLERANCE,
+        "same_meta_gradient": all(v <= FLOAT64_TOLERANCE for v in float64_diffs.values()),
+        "note": "float32 gradients of this model differ from float64 by up to a few percent "
+        "(sums over ~10^5 terms with cancellation), for plain and recomputed steps alike, so "
+        "equality is checked in float64 (with float64_filters filters)",
     }
 
 
 def run_benchmark(config: MemoryConfig) -> dict:
     """Measures every configuration in its own process; returns the report (JSON-ready)."""
     load_before = os.getloadavg()
-    rows, diffs = [], {}
+    rows, float32_diffs, float64_diffs = [], {}, {}
     with tempfile.TemporaryDirectory() as directory:
         for inner_steps in config.inner_steps:
             grads = {}
@@ -198,9 +232,13 @@ def run_benchmark(config: MemoryConfig) -> dict:
                 rows.append(run_child(config, inner_steps, recompute, path))
                 with np.load(path) as saved:
                     grads[recompute] = [saved[k] for k in saved.files]
-            diffs[inner_steps] = rel_diff(grads[True], grads[False])
-    return {"config": dataclasses.asdict(config), "measurements": rows,
-            **summarize(rows, diffs),
+            float32_diffs[inner_steps] = rel_diff(grads[True], grads[False])
+    for inner_steps in config.inner_steps:
+        recomputed, plain = (float64_meta_gradients(config, inner_steps, recompute)
+                             for recompute in (True, False))
+        float64_diffs[inner_steps] = rel_diff(recomputed, plain)
+    return {"config": dataclasses.asdict(config), "measurements": rows, **summarize(rows),
+            "meta_gradient_check": gradient_check(float32_diffs, float64_diffs),
             "machine": {"cores": len(os.sched_getaffinity(0)),
                         "tensorflow": tf.__version__, "keras": keras.__version__,
                         "load_average_1_5_15_before": load_before,

@@ -25,8 +25,8 @@ Command (from the repository root):
 
 Output: one JSON object on stdout (logs go to stderr). The default run (8 methods x 5 seeds
 x 1,500 steps, half the experiment's 3,000 so that it fits in 10 minutes on 2 busy CPU
-cores) takes about 6-9 minutes at a load average of 5-10; `--quick` (2 seeds, 200 steps):
-about a minute. See BUILD_NOTES.md for measured figures.
+cores) took 6.0 and 7.2 minutes at load averages 7-8 and 8-11; `--quick` (2 seeds, 200
+steps) 1.4 minutes. See BUILD_NOTES.md for measured figures.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ from tf_mtml.models.multitask_model import MultiTaskModel
 from tf_mtml.weighting.static import StaticWeighting
 from tf_mtml.weighting.uncertainty import UncertaintyWeighting
 
-PUBLIC = [getattr(module, name) for module in (layers, losses, meta, models) for name in module.__all__
-          if inspect.isclass(getattr(module, name))]
+PUBLIC = [getattr(module, name) for module in (layers, losses, meta, models)
+          for name in module.__all__ if inspect.isclass(getattr(module, name))]
 PUBLIC += [MaskedTaskLoss, MultiTaskModel, StaticWeighting, UncertaintyWeighting]
 
 

@@ -1,6 +1,7 @@
 import glob
 import os
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -59,6 +60,23 @@ def test_trains_resumes_and_summarises_with_one_trace(tmp_path):
         assert (a.numpy() == b.numpy()).all()
     resumed.train(30)
     assert resumed.step == 30 and resumed.train_tracing_count == 1
+
+
+def test_resumed_run_continues_the_input_stream_and_matches_an_uninterrupted_run(tmp_path):
+    # 512 examples / batch 32 = 16 steps per epoch, so step 20 is mid-epoch after the resume.
+    params = _params()
+    whole = Trainer(build_task(params), tf.distribute.get_strategy(), params.trainer,
+                    str(tmp_path / "whole"))
+    whole.train(30)
+    first = Trainer(build_task(params), tf.distribute.get_strategy(), params.trainer,
+                    str(tmp_path / "split"))
+    first.train(20)
+    second = Trainer(build_task(params), tf.distribute.get_strategy(), params.trainer,
+                     str(tmp_path / "split"))
+    second.train(30)
+    assert second.step == 30
+    for a, b in zip(second.model.weights, whole.model.weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
 
 
 def test_non_finite_loss_stops_without_checkpointing(tmp_path):

@@ -219,9 +219,18 @@ def test_layers_declare_their_task_partitioned_weights():
 
 
 @pytest.mark.parametrize("weighting, message", [
-    ("pcgrad", "The gradient method 'pcgrad' needs shared parameters"),
+    ("pcgrad", "The gradient method 'pcgrad' needs shared parameters.*loss-level weighting"),
     ("gradnorm", "GradNorm needs a shared layer"),
 ])
 def test_methods_that_need_shared_parameters_say_so(weighting, message):
     with pytest.raises(ValueError, match=message):
         _step(weighting, network=_network(shared=False))
+
+
+def test_diagnostics_need_shared_parameters():
+    model = MultiTaskModel(_network(shared=False), TASKS, weighting="static")
+    model.gradient_diagnostics = GradientDiagnostics(model.task_names)
+    optimizer = keras.optimizers.SGD(LR)
+    optimizer.build(model.trainable_variables)
+    with pytest.raises(ValueError, match="Gradient diagnostics needs shared.*=false"):
+        multitask_train_step(model, optimizer, *_data())

