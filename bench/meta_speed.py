@@ -29,7 +29,13 @@ convolution `(images * 14 * 14, 9 * 64) x (9 * 64, 64)` for ProtoNet.
 
 Prints one JSON object: every figure, the FLOP formulas, the first-step loss and gradient
 agreement between frameworks, the machine and its load, and whether each of the issue's
-targets is met. Expected runtime on 2 shared cores: 4-6 minutes (`--quick`: 30-60 s).
+targets is met. Runtime on 2 cores: 3 minutes, up to 6 while other jobs load them
+(`--quick`: 30-80 s). PyTorch is also timed on one thread (`*_1_thread`) and the faster of
+its runs is the reference: on loaded cores its OpenMP barriers stall whenever one of its two
+threads is descheduled (up to 100x slower). Measured so (load ~7, TF 2.21, torch 2.13):
+MAML 1.6 ms (map_fn + XLA) vs 2.4 ms (vmap, 1 thread): 0.64x, target not met; ProtoNet
+60-way 0.94 s vs 1.07 s (0.88x), 5-way 99 ms vs 98 ms (1.0x), 26% and 43% of the GEMM rate:
+not met; with fused BatchNorm 0.41x and 0.62x, 56% and 69%.
 """
 
 from __future__ import annotations
@@ -372,16 +378,21 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     In training, Keras's layer normalizes with `tf.nn.moments` and `tf.nn.batch_normalization`:
     about ten elementwise passes and reductions over the activations forward and backward,
     which take most of a Conv-4 step on CPU (the first block's maps are the largest tensors
-    of the model). Here one `FusedBatchNormV3` op (oneDNN on CPU, cuDNN on GPU) does the
-    forward pass and one `FusedBatchNormGradV3` the backward (itself differentiable, for
-    second-order MAML). Same statistics, same moving-average updates; other cases (inference,
-    masks, renorm, synchronized statistics, other axes) are the parent's.
+    of the model). Here one `FusedBatchNormV3` op does the forward pass and one
+    `FusedBatchNormGradV3` the backward. It also fixes second-order MAML: `tf.nn.moments`
+    computes the variance around `stop_gradient(mean)`, exact for first derivatives only, so
+    MAML's meta-gradient through Keras's layer is wrong (by 32% on a two-block conv net,
+    against float64 finite differences), while `FusedBatchNormGradV3` has an exact registered
+    gradient. Same statistics, same
+    moving-average updates; other cases (inference, masks, renorm, synchronized statistics,
+    other axes, float64) are the parent's.
     """
 
     def call(self, inputs, training=None, mask=None):
         fusable = (training and self.trainable and mask is None and not self.renorm
                    and not self.synchronized and self.scale and self.center
-                   and len(inputs.shape) == 4 and self.axis in (-1, 3))
+                   and len(inputs.shape) == 4 and self.axis in (-1, 3)
+                   and inputs.dtype in (tf.float16, tf.bfloat16, tf.float32))
         if not fusable:
             return super().call(inputs, training=training, mask=mask)
         x = ops.cast(inputs, "float32")  # As the parent: statistics in float32.

@@ -7,12 +7,14 @@ import math
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 pytest.importorskip(
     "torch", reason="the PyTorch peer is not installed; install the `bench` extra (torch==2.13.0)"
 )
 
 from bench import meta_speed  # noqa: E402
+from tf_mtml.meta.maml import MAML  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +58,47 @@ def test_fused_batch_norm_matches_the_batch_statistics_and_moving_averages():
         keras.ops.convert_to_numpy(layer(x, training=False)),
         (x - 0.1 * mean) / np.sqrt(0.9 + 0.1 * var + 1e-3) * [1.0, 2.0, 0.5] + [0, -1, 3],
         rtol=1e-4, atol=1e-4)
+
+
+class ExactMomentsBatchNormalization(keras.layers.BatchNormalization):
+    """Keras BN with twice-differentiable moments: `tf.nn.moments` stops the gradient of the
+    mean inside the variance, exact for first derivatives only."""
+
+    def _moments(self, inputs, mask):
+        mean = tf.reduce_mean(inputs, self._reduction_axes)
+        return mean, tf.reduce_mean(tf.square(inputs - mean), self._reduction_axes)
+
+
+def _bn_learner(bn_class, dtype: str) -> keras.Model:
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(3, 3, padding="same", dtype=dtype, name="conv")(inputs)
+    x = bn_class(dtype=dtype, name="bn")(x)
+    x = keras.layers.MaxPooling2D(2)(keras.layers.ReLU()(x))
+    outputs = keras.layers.Dense(2, dtype=dtype)(keras.layers.Flatten()(x))
+    return keras.Model(inputs, outputs)
+
+
+def test_fused_batch_norm_gives_the_exact_second_order_maml_gradient():
+    rng = np.random.default_rng(0)
+    episode = {"support_x": rng.random((2, 4, 8, 8, 1)), "query_x": rng.random((2, 4, 8, 8, 1)),
+               "support_y": np.array([[0, 0, 1, 1]] * 2), "query_y": np.array([[0, 1, 0, 1]] * 2)}
+
+    def meta_gradient(learner, dtype):
+        maml = MAML(learner, inner_lr=0.5, inner_steps=1, meta_batch_mode="map_fn")
+        batch = {k: tf.constant(v, dtype if v.dtype.kind == "f" else "int32")
+                 for k, v in episode.items()}
+        return [g.numpy() for g in tf.function(maml.train_gradients)(batch, 2)[1]]
+
+    keras.utils.set_random_seed(0)
+    exact = _bn_learner(ExactMomentsBatchNormalization, "float64")
+    fused = _bn_learner(meta_speed.FusedBatchNormalization, "float32")
+    fused.set_weights([w.astype("float32") for w in exact.get_weights()])
+    keras_bn = _bn_learner(keras.layers.BatchNormalization, "float32")
+    keras_bn.set_weights(fused.get_weights())
+    expected = meta_gradient(exact, "float64")
+    assert meta_speed.rel_diff(meta_gradient(fused, "float32"), expected) < 1e-5
+    # Why the change is proposed: Keras's layer drops second-order terms through the variance.
+    assert meta_speed.rel_diff(meta_gradient(keras_bn, "float32"), expected) > 1e-2
 
 
 def test_quick_run_reports_every_figure(report):

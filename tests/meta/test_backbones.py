@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from tf_mtml.layers.batch_norm import SecondOrderBatchNormalization
 from tf_mtml.meta.backbones import conv4, conv4_classifier, mlp_regressor
 
 
@@ -37,8 +38,10 @@ def test_conv4_other_sizes(shape, filters, expected):
 
 
 def test_conv4_layer_order_is_conv_bn_relu_pool():
+    # Batch statistics with exact second derivatives (MAML differentiates through them).
+    assert SecondOrderBatchNormalization.__mro__[1] is keras.layers.BatchNormalization
     kinds = [type(layer).__name__ for layer in conv4().layers[1:]]
-    block = ["Conv2D", "BatchNormalization", "ReLU", "MaxPooling2D"]
+    block = ["Conv2D", "SecondOrderBatchNormalization", "ReLU", "MaxPooling2D"]
     assert kinds == block * 4 + ["Flatten"]
 
 

@@ -1,5 +1,6 @@
 """tf_mtml.layers: Keras 3 multi-task layers (conditioning, towers, experts, soft sharing)."""
 
+from tf_mtml.layers.batch_norm import SecondOrderBatchNormalization
 from tf_mtml.layers.conditioning import (
     AdditiveConditioning,
     ConcatConditioning,
@@ -22,6 +23,7 @@ from tf_mtml.layers.soft_sharing import PairwiseL2, SoftSharing
 from tf_mtml.layers.task_descriptor import TaskDescriptor
 
 __all__ = [
+    "SecondOrderBatchNormalization",
     "CGC",
     "MLP",
     "PLE",

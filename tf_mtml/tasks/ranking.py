@@ -23,6 +23,7 @@ import keras
 import keras_rs
 import numpy as np
 import tensorflow as tf
+from sklearn.metrics import roc_auc_score
 
 from tf_mtml.configs.ranking import RankingConfig
 from tf_mtml.data.multi_label import multi_label_dataset
@@ -44,7 +45,7 @@ from tf_mtml.weighting.train_step import multitask_train_step
 RANKING_SCORE = "ranking_score"
 SERVING_FEATURES = (USER_FEATURES, VIDEO_FEATURES, VIDEO_AGE)
 _PREDICT_BATCH = 8192
-_TASK_METRICS = {"auc": keras.metrics.AUC, "accuracy": keras.metrics.BinaryAccuracy,
+_TASK_METRICS = {"accuracy": keras.metrics.BinaryAccuracy,
                  "mse": keras.metrics.MeanSquaredError, "mae": keras.metrics.MeanAbsoluteError}
 _DAY_KEY = re.compile(r"day_(\d+)/")
 
@@ -198,6 +199,12 @@ class RankingTask:
         for task in self.tasks:
             known = np.isfinite(labels[task.name])
             for name in task.metric_names:
+                if name == "auc":
+                    # Every prediction of the day is in memory: the exact AUC, not Keras'
+                    # bucketed estimate (0.03 off for a small model's narrow probabilities).
+                    results[f"{task.name}/auc"] = float(roc_auc_score(
+                        labels[task.name][known], predictions[task.name][known]))
+                    continue
                 metric = _TASK_METRICS[name]()
                 metric.update_state(labels[task.name][known], predictions[task.name][known])
                 results[f"{task.name}/{name}"] = float(metric.result())
@@ -240,6 +247,7 @@ class RankingTask:
         logs: dict[str, float] = {}
         for day in range(finished, self.config.data.num_days):
             self.train_day = day
+            trainer.reset_train_iterator()  # day t's impressions, not the previous day's stream
             logs = trainer.train((day + 1) * steps_per_day)
             if evaluate:
                 day_results = trainer.evaluate()

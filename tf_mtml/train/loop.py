@@ -94,6 +94,7 @@ class Trainer:
         self._eval_step_fn = tf.function(self._eval_step)
         self._writers: dict[str, tf.summary.SummaryWriter] = {}
         self._iterator = None
+        self._fresh_input = False
 
     # ------------------------------------------------------------------------ Orbit shape
     @property
@@ -149,8 +150,7 @@ class Trainer:
             tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
                                 global_step=self.global_step).restore(path).expect_partial()
             # The failed deserialization cancelled the iterator: start a fresh one.
-            self._iterator = None
-            del self.checkpoint.train_iterator
+            self.reset_train_iterator()
             self._train_iterator()
         if path:
             logging.info("Restored %s (step %d).", path, self.step)
@@ -158,9 +158,11 @@ class Trainer:
 
     def train(self, train_steps: int, eval_fn: Callable[[], dict] | None = None) -> dict:
         """Trains until the global step reaches `train_steps`; resumes from a checkpoint."""
-        self._train_iterator()  # part of the checkpoint before restoring
+        if self._iterator is None and not self._fresh_input:
+            self._train_iterator()  # part of the checkpoint before restoring: resumes its position
         self.restore()
         iterator = self._train_iterator()
+        self._fresh_input = False
         progbar = keras.utils.Progbar(train_steps, stateful_metrics=None) if _interactive() \
             else None
         logs: dict[str, float] = {}
@@ -185,6 +187,18 @@ class Trainer:
                                         or self.step >= train_steps):
                 eval_fn()
         return logs
+
+    def reset_train_iterator(self) -> None:
+        """Makes the next `train` call read `task.build_inputs` afresh, from its beginning.
+
+        For tasks whose training inputs change between `train` calls (a schedule that trains
+        on day t, then on day t + 1): the position of the previous stream is neither kept nor
+        restored into the new one.
+        """
+        self._iterator = None
+        self._fresh_input = True
+        if hasattr(self.checkpoint, "train_iterator"):
+            del self.checkpoint.train_iterator
 
     def _train_iterator(self):
         """The training iterator, created once and checkpointed with the model.
