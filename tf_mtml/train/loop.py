@@ -158,9 +158,9 @@ class Trainer:
 
     def train(self, train_steps: int, eval_fn: Callable[[], dict] | None = None) -> dict:
         """Trains until the global step reaches `train_steps`; resumes from a checkpoint."""
-        if self._iterator is None and not self._fresh_input:
+        if not self._fresh_input:
             self._train_iterator()  # part of the checkpoint before restoring: resumes its position
-        self.restore()
+            self.restore()
         iterator = self._train_iterator()
         self._fresh_input = False
         progbar = keras.utils.Progbar(train_steps, stateful_metrics=None) if _interactive() \
@@ -193,7 +193,10 @@ class Trainer:
 
         For tasks whose training inputs change between `train` calls (a schedule that trains
         on day t, then on day t + 1): the position of the previous stream is neither kept nor
-        restored into the new one.
+        restored into the new one, and that `train` call continues from the weights in memory
+        without restoring the checkpoint (the caller restores once, before its schedule).
+        Restoring here made a MirroredStrategy run diverge from the single-device one
+        (tests/tasks/test_ranking_distributed.py); the cause is not understood yet.
         """
         self._iterator = None
         self._fresh_input = True
