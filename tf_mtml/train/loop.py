@@ -138,7 +138,13 @@ class Trainer:
         stream starts over, with a warning.
         """
         try:
-            path = self.manager.restore_or_initialize()
+            if self._iterator is None:
+                # Evaluation and export: the checkpointed input position is not needed.
+                path = self.manager.latest_checkpoint
+                if path:
+                    self.checkpoint.restore(path).expect_partial()
+            else:
+                path = self.manager.restore_or_initialize()
         except tf.errors.NotFoundError as e:
             if self._iterator is None or "iterator" not in str(e):
                 raise
