@@ -44,11 +44,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import datetime
 import json
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -59,6 +57,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from bench.mmoe_synthetic import machine_info
 from tf_mtml.configs import experiments  # noqa: F401  (registers every experiment)
 from tf_mtml.configs.experiment import ExperimentConfig
 from tf_mtml.configs.registry import get_experiment
@@ -292,19 +291,6 @@ def train_with_budget(trainer: Trainer, train_steps: int, minutes: float,
             "steps_per_s": trainer.step / clock["train_s"],
             "stopped_by": "train_steps" if trainer.step >= train_steps else "budget",
             "curve_eval_wall_s": clock["eval_s"], "curve": curve}
-
-
-def machine_info() -> dict:
-    cpu_model = platform.processor() or "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu_model = names[0] if names else cpu_model
-    return {"cpu_model": cpu_model, "cpu_count": os.cpu_count(),
-            "usable_cores": len(os.sched_getaffinity(0)),
-            "load_average_at_start": os.getloadavg(), "platform": platform.platform(),
-            "python": platform.python_version(), "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
 
 
 def _check_arguments(algorithm, minutes, eval_every_minutes, eval_episodes, curve_episodes,

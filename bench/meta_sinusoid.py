@@ -33,10 +33,8 @@ Measured with the defaults (TF 2.21): MAML 0.60 +- 0.04 / 0.33 +- 0.03 / 0.30 +-
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -47,6 +45,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from bench.mmoe_synthetic import machine_info
 from tf_mtml.configs import experiments  # noqa: F401  (registers every experiment)
 from tf_mtml.configs.experiment import ExperimentConfig
 from tf_mtml.configs.registry import get_experiment
@@ -136,19 +135,6 @@ def train_and_evaluate(config: ExperimentConfig, eval_steps: Sequence[int]) -> d
             "steps_per_s": trainer.step / train_s, "final_train_loss": logs["loss"],
             "inner_lr": trainer.model.inner_lr, "eval_wall_s": time.perf_counter() - eval_start,
             "per_task_mse": mse}
-
-
-def machine_info() -> dict:
-    cpu_model = platform.processor() or "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu_model = names[0] if names else cpu_model
-    return {"cpu_model": cpu_model, "cpu_count": os.cpu_count(),
-            "usable_cores": len(os.sched_getaffinity(0)),
-            "load_average_at_start": os.getloadavg(), "platform": platform.platform(),
-            "python": platform.python_version(), "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
 
 
 def _check_arguments(steps, eval_tasks, eval_steps, eval_shots, eval_queries,

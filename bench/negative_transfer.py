@@ -34,10 +34,8 @@ more seeds and `--train_steps=3000`.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -45,9 +43,9 @@ from collections.abc import Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 from absl import app, flags
 
+from bench.mmoe_synthetic import machine_info
 from tf_mtml.configs import multitask_experiments  # noqa: F401  (registers experiments)
 from tf_mtml.configs.multitask import ARCHITECTURES
 from tf_mtml.configs.registry import get_experiment
@@ -85,19 +83,6 @@ def summarize(values: Sequence[float]) -> dict:
     return {"mean": float(array.mean()),
             "std": float(array.std(ddof=1)) if array.size > 1 else 0.0,
             "values": [float(v) for v in array]}
-
-
-def machine_info() -> dict:
-    cpu_model = platform.processor() or "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu_model = names[0] if names else cpu_model
-    return {"cpu_model": cpu_model, "cpu_count": os.cpu_count(),
-            "usable_cores": len(os.sched_getaffinity(0)),
-            "load_average_at_start": os.getloadavg(), "platform": platform.platform(),
-            "python": platform.python_version(), "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
 
 
 def run_benchmark(architectures: Sequence[str], seeds: Sequence[int], correlation: float,

@@ -116,6 +116,26 @@ class LearnerWrapper(MetaLearner):
     fields to `get_config`.
     """
 
+    def adapt_and_predict(self, support_x, support_y, query_x, steps: int | None = None):
+        """Adapts to one episode's support set and predicts its query set (inference path).
+
+        Traceable with unknown numbers of support and query examples, e.g. in a
+        `tf.function` with input signature `(None, *feature_shape)` (the served export).
+        Subclasses implement `adapt(support_x, support_y, steps)` and
+        `predict_with(params, x)`.
+
+        Args:
+            support_x: `(S, *feature_shape)` support examples.
+            support_y: `(S,)` labels or `(S, 1)` targets.
+            query_x: `(Q, *feature_shape)` query examples.
+            steps: Inner steps; `eval_inner_steps` if None, as in `call(..., training=False)`.
+
+        Returns:
+            Query predictions `(Q, N)` or `(Q, 1)`.
+        """
+        steps = self.eval_inner_steps if steps is None else steps
+        return self.predict_with(self.adapt(support_x, support_y, steps), query_x)
+
     def get_config(self) -> dict:
         return {
             **super().get_config(),

@@ -217,16 +217,6 @@ class LSTMMetaOptimizer(LearnerWrapper):
         """The learner's outputs on `x` with `params` (from `adapt`) as its weights."""
         return functional_call(self.learner, params, x, training=True)
 
-    def adapt_and_predict(self, support_x, support_y, query_x,
-                          steps: int | None = None) -> tf.Tensor:
-        """Adapts to one episode's support set and predicts its queries `(Q, ...)`.
-
-        Traceable with unknown numbers of support and query examples (the served export).
-        `steps` defaults to `eval_inner_steps`, as in `call(..., training=False)`.
-        """
-        steps = self.eval_inner_steps if steps is None else steps
-        return self.predict_with(self.adapt(support_x, support_y, steps), query_x)
-
     def call(self, episode: dict, training=None):
         steps = self.inner_steps if training else self.eval_inner_steps
 

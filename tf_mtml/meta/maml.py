@@ -186,24 +186,6 @@ class MAML(LearnerWrapper):
         x = self._check_x("x", x, batched=False)
         return functional_call(self.learner, params, x, training=self.transductive)
 
-    def adapt_and_predict(self, support_x, support_y, query_x, steps: int | None = None):
-        """Adapts to one episode's support set and predicts its query set (inference path).
-
-        Traceable with unknown numbers of support and query examples, e.g. in a
-        `tf.function` with input signature `(None, *feature_shape)` (the served export).
-
-        Args:
-            support_x: `(S, *feature_shape)` support examples.
-            support_y: `(S,)` labels or `(S, 1)` targets.
-            query_x: `(Q, *feature_shape)` query examples.
-            steps: Inner steps; `eval_inner_steps` if None, as in `call(..., training=False)`.
-
-        Returns:
-            Query predictions `(Q, N)` or `(Q, 1)`.
-        """
-        steps = self.eval_inner_steps if steps is None else steps
-        return self.predict_with(self.adapt(support_x, support_y, steps), query_x)
-
     def call(self, episode: dict, training: bool | None = None):
         support_x, support_y = self._check_support(episode[SUPPORT_X], episode[SUPPORT_Y],
                                                    batched=True)

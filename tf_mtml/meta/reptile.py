@@ -201,16 +201,6 @@ class Reptile(LearnerWrapper):
         """The learner's outputs on `x` with `params` (from `adapt`) as its weights."""
         return functional_call(self.learner, params, x, training=True)
 
-    def adapt_and_predict(self, support_x, support_y, query_x,
-                          steps: int | None = None) -> tf.Tensor:
-        """Adapts to one episode's support set and predicts its queries `(Q, ...)`.
-
-        Traceable with unknown numbers of support and query examples (the served export).
-        `steps` defaults to `eval_inner_steps`, as in `call(..., training=False)`.
-        """
-        steps = self.eval_inner_steps if steps is None else steps
-        return self.predict_with(self.adapt(support_x, support_y, steps), query_x)
-
     def _adapt_episodes(self, episode: dict, steps: int):
         """Per-episode fast weights `(B, *shape)` and query predictions `(B, Q, ...)`."""
         def adapt_one(inputs):
