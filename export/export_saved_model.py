@@ -3,8 +3,11 @@
     python -m export.export_saved_model --experiment=mmoe_synthetic --model_dir=/tmp/mmoe
 
 writes MODEL_DIR/export/<version>/ (the next integer version) from the latest checkpoint in
-MODEL_DIR, with a `serving_default` signature taking the experiment's named inputs and
-returning one named output per task. Same as `trainers.train --mode=export`.
+MODEL_DIR: a `serving_default` signature taking the experiment's named inputs (one named output
+per task, or the embeddings) and the family's extra signatures (`task_score`, `ood_score`,
+`few_shot`), with TF Serving's warmup file `assets.extra/tf_serving_warmup_requests` built from
+real examples, and MODEL_DIR/export/models.config for `tensorflow_model_server
+--model_config_file`. Same as `trainers.train --mode=export`; `export/grpc_client.py` queries it.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ def main(argv) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    export_dir = run_experiment(params, "export", FLAGS.model_dir)["export_dir"]
+    export_dir = run_experiment(params, "export", FLAGS.model_dir, FLAGS.experiment)["export_dir"]
     print(f"SavedModel (TF Serving layout): {export_dir}")
     return 0
 

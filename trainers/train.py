@@ -16,12 +16,15 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+import tensorflow as tf
+from absl import app, flags, logging
 
 from tf_mtml.configs import experiments  # noqa: F401  (registers every experiment)
 from tf_mtml.configs.base import ConfigError
 from tf_mtml.configs.experiment import ExperimentConfig
 from tf_mtml.configs.registry import get_experiment, list_experiments
+from tf_mtml.train.distribute import TPUUnreachableError
+from tf_mtml.train.preemption import TrainingPreempted
 from tf_mtml.train.run import MODES, PARAMS_FILE, run_experiment
 
 FLAGS = flags.FLAGS
@@ -54,7 +57,7 @@ def build_params(experiment: str, model_dir: str, mode: str, config_files, param
     """The validated experiment config for these flag values."""
     params = get_experiment(experiment)
     saved = os.path.join(model_dir, PARAMS_FILE)
-    if mode in ("eval", "export") and os.path.exists(saved):
+    if mode in ("eval", "export") and tf.io.gfile.exists(saved):
         params.override_from_yaml(saved)
     for path in config_files:
         params.override_from_yaml(path)
@@ -83,10 +86,23 @@ def main(argv) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        outputs = run_experiment(params, FLAGS.mode, FLAGS.model_dir)
-    except FileNotFoundError as e:
+        outputs = run_experiment(params, FLAGS.mode, FLAGS.model_dir, FLAGS.experiment)
+    except TrainingPreempted as e:
+        # Exit 0: the job stopped cleanly and a restart with the same command resumes.
+        print(str(e), file=sys.stderr)
+        return 0
+    except (FileNotFoundError, ValueError) as e:
+        # Bad data or inputs (a damaged zip, N-way larger than the classes, ...): the message
+        # names the value and the fix; the traceback is for --verbosity=1.
+        logging.debug("Traceback of the error below:", exc_info=True)
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except TPUUnreachableError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     model_dir = os.path.abspath(FLAGS.model_dir)
     lines = [f"model_dir (checkpoints, params.yaml): {model_dir}",
              f"TensorBoard logs: tensorboard --logdir {model_dir}"]
@@ -94,6 +110,8 @@ def main(argv) -> int:
         lines.append(f"eval results: {os.path.join(model_dir, 'eval_results.json')}")
     if "export_dir" in outputs:
         lines.append(f"SavedModel (TF Serving layout): {os.path.abspath(outputs['export_dir'])}")
+        lines.append(f"TF Serving config: {os.path.join(model_dir, 'export', 'models.config')}")
+        lines.append(f"Keras model (loads with safe_mode=True): {outputs['keras_file']}")
     print("\n".join(lines))
     return 0
 

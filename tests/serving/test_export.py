@@ -227,3 +227,15 @@ def test_invalid_extra_endpoint_is_rejected(tmp_path, functional_model, extra, m
             input_signature=INPUT_SIGNATURE,
             extra_endpoints=extra,
         )
+
+
+def test_every_signature_checks_its_input_shapes_in_the_graph(tmp_path, functional_model, batch):
+    path = export_saved_model(
+        functional_model, str(tmp_path), input_signature=INPUT_SIGNATURE,
+        extra_endpoints={"scaled": (lambda d: {"doubled": d["features"] * 2.0},
+                                    {"features": tf.TensorSpec((None, 4), tf.float32)})})
+    for signature, inputs in [("serving_default", {**batch, "task_id": batch["task_id"][:, None]}),
+                              ("scaled", {"features": batch["features"][:, :2]})]:
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=rf"of signature `{signature}` must have shape"):
+            run_signature_with_session_loader(path, inputs, signature)

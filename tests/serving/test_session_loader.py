@@ -2,12 +2,15 @@
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import predict_pb2
 
 from tests.serving.conftest import INPUT_SIGNATURE, build_functional_model
+from tf_mtml.serving import session_loader
 from tf_mtml.serving.export import export_saved_model
 from tf_mtml.serving.session_loader import (
+    LoadedSavedModel,
     inputs_from_predict_request,
     main,
     predict_request,
@@ -67,6 +70,39 @@ def test_mismatched_dtype_is_rejected_not_cast(exported, batch):
         run_signature_with_session_loader(exported[0], inputs)
 
 
+def test_wrong_shape_reaches_the_graph_checks_as_in_tf_serving(exported, batch):
+    # `Session.run(feed_dict=...)` would refuse it in Python; TF Serving feeds it as it comes.
+    inputs = {**batch, "features": batch["features"][:, :3]}
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"Input `features` of signature `serving_default` must have shape "
+                             r"\(n, 4\).*Received shape:\] \[5 3\]"):
+        run_signature_with_session_loader(exported[0], inputs)
+
+
+def test_tf_serving_rejects_a_dtype_mismatch_in_the_session(exported, batch, monkeypatch):
+    """Without the loader's own dtype check, the C++ session refuses it, as in TF Serving."""
+
+    def unchecked(signature, inputs, signature_key):
+        return {name: np.asarray(value) for name, value in inputs.items()}
+
+    monkeypatch.setattr(session_loader, "_feeds", unchecked)
+    inputs = {**batch, "task_id": batch["task_id"].astype(np.float32)}
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"(?s)Type mismatch: actual float vs\. expect int32.*task_id"):
+        run_signature_with_session_loader(exported[0], inputs)
+
+
+def test_one_load_serves_many_requests(exported, batch):
+    export_dir, model = exported
+    with LoadedSavedModel(export_dir) as served:
+        assert sorted(served.signatures) == ["serving_default"]
+        for rows in (5, 2, 1):
+            inputs = {k: v[:rows] for k, v in batch.items()}
+            outputs = served.run(inputs)
+            np.testing.assert_allclose(outputs["score"], np.asarray(model(inputs)["score"]),
+                                       atol=1e-5)
+
+
 def test_cli_writes_outputs_and_reports_errors(exported, batch, tmp_path, capsys):
     export_dir, model = exported
     inputs_path, outputs_path = str(tmp_path / "in.npz"), str(tmp_path / "out.npz")
@@ -81,6 +117,10 @@ def test_cli_writes_outputs_and_reports_errors(exported, batch, tmp_path, capsys
 
     assert main([*argv, "--signature", "missing"]) == 2
     assert "error: Received an unknown signature_key='missing'" in capsys.readouterr().err
+
+    np.savez(inputs_path, **{**batch, "features": batch["features"][:, :2]})
+    assert main(argv) == 2
+    assert "error: assertion failed: [Input `features`" in capsys.readouterr().err
 
 
 def test_fresh_process_failure_carries_stderr_tail(exported, batch):

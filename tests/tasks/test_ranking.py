@@ -15,6 +15,7 @@ from tf_mtml.serving.export import read_signature_defs
 from tf_mtml.serving.session_loader import serve_in_fresh_process
 from tf_mtml.tasks.factory import build_task
 from tf_mtml.tasks.ranking import RANKING_SCORE, SERVING_FEATURES, RankingTask, ndcg
+from tf_mtml.train.preemption import TrainingPreempted
 from tf_mtml.train.run import EVAL_RESULTS_FILE, build_trainer, export_model
 
 TASKS = ("click", "watch_time", "like", "rating")
@@ -126,6 +127,21 @@ def test_a_restarted_schedule_skips_finished_days_and_keeps_their_results(schedu
     assert outputs["eval"] == schedule["outputs"]["eval"]
     with pytest.raises(ValueError, match="train_steps=13` must be a positive multiple of"):
         task.steps_per_day(13)
+
+
+def test_a_schedule_preempted_inside_a_day_resumes_to_the_unbroken_weights(schedule, tmp_path):
+    # 2 training days of 6 steps: step 8 is inside day 1, so the resumed run must continue
+    # day 1's stream from its checkpointed position instead of starting the day over.
+    trainer = build_trainer(schedule["params"], str(tmp_path))
+    trainer.task.after_train_loop = lambda logs: (
+        trainer.preemption.request() if trainer.step == 8 else None)
+    with pytest.raises(TrainingPreempted, match="step 8"):
+        trainer.task.run_schedule(trainer, evaluate=False)
+    resumed = build_trainer(schedule["params"], str(tmp_path))
+    resumed.task.run_schedule(resumed, evaluate=False)
+    assert resumed.step == 12
+    for a, b in zip(resumed.model.weights, schedule["trainer"].model.weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
 
 
 @pytest.mark.slow

@@ -14,11 +14,43 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
+import tensorflow as tf
 import yaml
 
 
 class ConfigError(ValueError):
     """A config value, override or file that cannot be applied."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that rejects a key given twice in one mapping.
+
+    Plain YAML keeps the last value silently, so a config file that sets `train_steps` twice
+    would train with whichever comes last.
+    """
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep=False):
+    first_line: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *anchor` merges; its keys may be overridden explicitly.
+        key = loader.construct_object(key_node, deep=deep)
+        if key in first_line:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark,
+                f"found the key {key!r} twice (first on line {first_line[key]}); keep one",
+                key_node.start_mark)
+        first_line[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                 _construct_unique_mapping)
+
+
+def _load_yaml(stream) -> Any:
+    return yaml.load(stream, Loader=_UniqueKeyLoader)  # A SafeLoader: no arbitrary objects.
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -116,10 +148,13 @@ class Config:
 
     def override_from_yaml(self, path: str) -> Config:
         try:
-            with open(path) as f:
-                values = yaml.safe_load(f)
-        except OSError as e:
-            raise ConfigError(f"Cannot read config file {path!r}: {e.strerror}.") from e
+            with tf.io.gfile.GFile(path) as f:  # local paths and gs://
+                values = _load_yaml(f)
+        except tf.errors.NotFoundError as e:
+            raise ConfigError(f"Cannot read config file {path!r}: No such file or directory.") \
+                from e
+        except (OSError, tf.errors.OpError) as e:
+            raise ConfigError(f"Cannot read config file {path!r}: {e}.") from e
         except yaml.YAMLError as e:
             raise ConfigError(f"Config file {path!r} is not valid YAML: {e}") from e
         if values is None:
@@ -144,6 +179,20 @@ class Config:
             value = getattr(self, f.name)
             if isinstance(value, Config):
                 value.validate()
+
+
+def check_data_dir_is_read(data_dir: str, source: str, file_sources: tuple[str, ...]) -> None:
+    """Raises unless `data_dir` is empty or `source` (one of the data sources) reads files.
+
+    A data root given to a source that generates its data would be silently ignored, and the
+    user would believe the run used their files.
+    """
+    if data_dir and source not in file_sources:
+        raise ConfigError(
+            f"`task.data.data_dir={data_dir!r}` (--data_dir) was given, but "
+            f"`task.data.source={source}` generates its data and reads no files. Drop --data_dir "
+            f"(and task.data.data_dir), or use a source that reads them: {list(file_sources)}."
+        )
 
 
 def _split_top_level(text: str) -> list[str]:
@@ -173,7 +222,7 @@ def parse_dotted_overrides(overrides: str) -> dict[str, Any]:
                 "commas, e.g. --params_override='trainer.train_steps=100,runtime.seed=1'."
             )
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = _load_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"Cannot parse the value of override {item!r}: {e}") from e
         node = nested

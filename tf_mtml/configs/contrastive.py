@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from tf_mtml.configs.base import Config, ConfigError
+from tf_mtml.configs.base import Config, ConfigError, check_data_dir_is_read
 
 DATA_SOURCES = ("digits", "omniglot")
 OMNIGLOT_SPLITS = ("train", "val", "test", "train+val")
@@ -40,6 +40,7 @@ class ContrastiveDataConfig(Config):
         if self.source not in DATA_SOURCES:
             raise ConfigError(
                 f"Unknown `task.data.source={self.source}`; expected one of {DATA_SOURCES}.")
+        check_data_dir_is_read(self.data_dir, self.source, ("omniglot",))
         for name in ("global_batch_size", "image_size", "classes_per_batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"`task.data.{name}` must be >= 1. Received: "

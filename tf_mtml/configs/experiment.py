@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from tf_mtml.configs.base import Config, ConfigError
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+NAN_POLICIES = ("stop", "skip")
 
 
 @dataclasses.dataclass
@@ -27,9 +29,16 @@ class OptimizerConfig(Config):
                 f"Unknown optimizer `trainer.optimizer.name={self.name}`; expected one of "
                 f"{OPTIMIZERS}."
             )
-        if not self.learning_rate > 0:
+        if not 0 < self.learning_rate < math.inf:
             raise ConfigError(
-                f"`trainer.optimizer.learning_rate` must be > 0. Received: {self.learning_rate}"
+                "Received an invalid value for `trainer.optimizer.learning_rate`, expected a "
+                f"finite number > 0. Received: learning_rate={self.learning_rate}"
+            )
+        if self.clipnorm is not None and not 0 < self.clipnorm < math.inf:
+            raise ConfigError(
+                "Received an invalid value for `trainer.optimizer.clipnorm`, expected a finite "
+                f"number > 0 (the largest gradient norm), or null for no clipping. Received: "
+                f"clipnorm={self.clipnorm}"
             )
         if self.decay_steps < 0 or not 0 < self.decay_rate <= 1:
             raise ConfigError(
@@ -48,12 +57,26 @@ class TrainerConfig(Config):
     max_to_keep: int = 3
     validation_interval: int = 1000
     validation_steps: int = -1
+    # What a step with non-finite gradients does: "stop" (raise, naming the step and the tasks)
+    # or "skip" (the update is not applied; logged). Neither checkpoints non-finite weights.
+    nan_policy: str = "stop"
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
 
     def validate(self) -> None:
         super().validate()
+        if self.nan_policy not in NAN_POLICIES:
+            raise ConfigError(
+                f"Unknown `trainer.nan_policy={self.nan_policy}`; expected one of {NAN_POLICIES} "
+                "(stop: raise at the first non-finite step; skip: do not apply it, go on)."
+            )
         if self.train_steps < 0:
             raise ConfigError(f"`trainer.train_steps` must be >= 0. Received: {self.train_steps}")
+        if self.validation_steps != -1 and self.validation_steps < 1:
+            raise ConfigError(
+                "Received an invalid value for `trainer.validation_steps`, expected -1 (the "
+                "whole evaluation set) or a positive number of batches. Received: "
+                f"validation_steps={self.validation_steps}"
+            )
         for name in ("steps_per_loop", "checkpoint_interval", "validation_interval",
                      "max_to_keep"):
             if getattr(self, name) < 1:
@@ -78,6 +101,9 @@ class RuntimeConfig(Config):
     mixed_precision_dtype: str = "float32"
     seed: int = 0
     num_cpu_devices: int = 1
+    # Deterministic kernels (tf.config.experimental.enable_op_determinism): a resumed run then
+    # ends with the same weights as an uninterrupted one. Slower on GPU.
+    deterministic: bool = False
 
     def validate(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -102,6 +128,11 @@ class RuntimeConfig(Config):
         if self.num_cpu_devices < 1:
             raise ConfigError(
                 f"`runtime.num_cpu_devices` must be >= 1. Received: {self.num_cpu_devices}"
+            )
+        if self.seed < 0:
+            raise ConfigError(
+                "Received an invalid value for `runtime.seed`, expected an integer >= 0. "
+                f"Received: seed={self.seed}"
             )
 
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
-from tf_mtml.configs.base import Config, ConfigError
+from tf_mtml.configs.base import Config, ConfigError, check_data_dir_is_read
 
 DATA_SOURCES = ("omniglot", "sinusoid")
 OMNIGLOT_SPLITS = ("train", "val", "test", "train+val")
 ALGORITHMS = ("protonet", "matching", "relation", "siamese", "maml", "fomaml", "meta_sgd",
               "anil", "reptile", "lstm_meta", "black_box", "hallucination")
 BACKBONES = ("conv4", "mlp")
-META_BATCH_MODES = ("vectorized_map", "map_fn")
+META_BATCH_MODES = ("auto", "vectorized_map", "map_fn")
 DISTANCES = ("euclidean", "cosine")  # euclidean: squared, as in Snell et al.
 GRADIENT_BASED = ("maml", "fomaml", "meta_sgd", "anil", "reptile", "lstm_meta")
 
@@ -62,6 +63,7 @@ class MetaDataConfig(Config):
         if self.source not in DATA_SOURCES:
             raise ConfigError(
                 f"Unknown `task.data.source={self.source}`; expected one of {DATA_SOURCES}.")
+        check_data_dir_is_read(self.data_dir, self.source, ("omniglot",))
         for name in ("num_ways", "num_shots", "num_queries", "meta_batch_size", "image_size",
                      "eval_episodes"):
             if getattr(self, name) < 1:
@@ -103,8 +105,9 @@ class MetaModelConfig(Config):
     eval_inner_steps: int = 0
     recompute: bool = False
     # How MAML-family learners loop over the episodes of a meta-batch: `vectorized_map` is the
-    # fastest in a plain tf.function on CPU; `map_fn` is the one that compiles under XLA (TPU).
-    meta_batch_mode: str = "vectorized_map"
+    # fastest in a plain tf.function on CPU; `map_fn` is the one for XLA (TPU); `auto` picks
+    # map_fn under a TPU strategy, else vectorized_map (`tasks.meta_learners`).
+    meta_batch_mode: str = "auto"
     margin: float = 1.0
     num_hallucinated: int = 2
     attention_heads: int = 4
@@ -122,8 +125,10 @@ class MetaModelConfig(Config):
                 "`task.model.inner_steps` and `eval_inner_steps` must be >= 0 (0 = no adaptation"
                 f"). Received: inner_steps={self.inner_steps}, "
                 f"eval_inner_steps={self.eval_inner_steps}")
-        if not self.inner_lr > 0:
-            raise ConfigError(f"`task.model.inner_lr` must be > 0. Received: {self.inner_lr}")
+        if not 0 < self.inner_lr < math.inf:
+            raise ConfigError(
+                "Received an invalid value for `task.model.inner_lr`, expected a finite number "
+                f"> 0. Received: inner_lr={self.inner_lr}")
         if self.margin < 0:
             raise ConfigError(f"`task.model.margin` must be >= 0. Received: {self.margin}")
         if self.filters < 1 or min(self.hidden_units, default=1) < 1:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
-from tf_mtml.configs.base import Config, ConfigError
+from tf_mtml.configs.base import Config, ConfigError, check_data_dir_is_read
 from tf_mtml.data import census
 from tf_mtml.models.task_spec import as_task_specs
 from tf_mtml.weighting.factory import WEIGHTINGS
@@ -13,6 +14,7 @@ from tf_mtml.weighting.factory import WEIGHTINGS
 ARCHITECTURES = ("mmoe", "omoe", "shared_bottom", "cgc", "ple", "cross_stitch", "soft_sharing",
                  "single_task")
 DATA_SOURCES = ("mmoe_synthetic", "census_income")
+FILE_SOURCES = ("census_income",)
 
 
 @dataclasses.dataclass
@@ -41,6 +43,7 @@ class MultiTaskDataConfig(Config):
         if self.source not in DATA_SOURCES:
             raise ConfigError(
                 f"Unknown `task.data.source={self.source}`; expected one of {DATA_SOURCES}.")
+        check_data_dir_is_read(self.data_dir, self.source, FILE_SOURCES)
         if self.census_group not in census.GROUPS:
             raise ConfigError(
                 f"`task.data.census_group` must be one of {sorted(census.GROUPS)}. "
@@ -62,6 +65,10 @@ class MultiTaskDataConfig(Config):
         if not -1 <= self.correlation <= 1:
             raise ConfigError(
                 f"`task.data.correlation` must be in [-1, 1]. Received: {self.correlation}")
+        if not 0 <= self.sin_param_std < math.inf:
+            raise ConfigError(
+                "Received an invalid value for `task.data.sin_param_std`, expected a finite "
+                f"number >= 0. Received: sin_param_std={self.sin_param_std}")
 
 
 @dataclasses.dataclass
@@ -176,6 +183,21 @@ class MultiTaskConfig(Config):
             raise ConfigError(f"Invalid `task.tasks`: {e}") from e
         if self.data.source == "census_income":
             _check_census_tasks(specs, self.data.census_group)
+        else:
+            _check_synthetic_tasks(specs)
+
+
+def _check_synthetic_tasks(specs) -> None:
+    # The generator's two targets are real-valued: a binary or multiclass head would be fed
+    # labels that are not classes and still produce a loss.
+    if len(specs) > 2 or any(t.type != "regression" for t in specs):
+        received = [f"{t.name} ({t.type})" for t in specs]
+        raise ConfigError(
+            "`task.data.source=mmoe_synthetic` generates two real-valued targets, so "
+            f"`task.tasks` must be one or two regression tasks. Received: {received}. Use e.g. "
+            "--params_override='task.tasks=[{name: y1, type: regression}, "
+            "{name: y2, type: regression}]'."
+        )
 
 
 def _check_census_tasks(specs, group: int) -> None:

@@ -68,6 +68,7 @@ LABELS = {
     "education": ("education", COLLEGE_OR_ABOVE),
 }
 GROUPS = {1: ("income", "marital"), 2: ("education", "marital")}
+INCOME_VALUES = ("- 50000.", "50000+.")
 SPLITS = ("train", "validation", "test")
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
 
@@ -139,10 +140,19 @@ def read_census_columns(path: str | os.PathLike) -> dict[str, Column]:
     """Parses the gzipped CSV into `{column name: Column}`, values stripped of spaces.
 
     Raises:
-        ValueError: naming the line, when a row does not have the 42 UCI columns.
+        ValueError: when the file is not gzipped text, holds no row, or, naming the line, when
+            a row does not have the 42 UCI columns, a numeric column holds a value that is not
+            a finite number, or the income label is not one of `INCOME_VALUES`.
     """
-    with gzip.open(path, "rt", newline="") as f:
-        rows = list(csv.reader(f, skipinitialspace=True))
+    try:
+        with gzip.open(path, "rt", newline="") as f:
+            rows = list(csv.reader(f, skipinitialspace=True))
+    except (gzip.BadGzipFile, EOFError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"{path} is not a readable gzipped CSV ({error}): the download was cut short or the "
+            "file is not the UCI census-income data. Delete it and download it again "
+            "(`tf_mtml.data.download_census_income`)."
+        ) from error
     if not rows:
         raise ValueError(f"{path} holds no rows. The download was cut short; download it again.")
     for line, row in enumerate(rows, start=1):
@@ -153,7 +163,32 @@ def read_census_columns(path: str | os.PathLike) -> dict[str, Column]:
             )
     # Every row has 42 values (checked above), so the transposition drops none.
     columns = zip(*rows, strict=True)
-    return {name: _column(values) for name, values in zip(COLUMNS, columns, strict=True)}
+    parsed = {name: _column(values) for name, values in zip(COLUMNS, columns, strict=True)}
+    for name in NUMERIC_COLUMNS:
+        _check_values(path, name, parsed[name], _is_finite_number, "a finite number")
+    _check_values(path, "income", parsed["income"], INCOME_VALUES.__contains__,
+                  f"one of {list(INCOME_VALUES)}")
+    return parsed
+
+
+def _is_finite_number(value: str) -> bool:
+    try:
+        return bool(np.isfinite(float(value)))
+    except ValueError:
+        return False
+
+
+def _check_values(path, name: str, column: Column, valid, expected: str) -> None:
+    """Raises naming the first line whose value of column `name` is not `valid`."""
+    bad = [code for code, value in enumerate(column.values) if not valid(value)]
+    if bad:
+        rows = np.flatnonzero(np.isin(column.codes, bad))
+        raise ValueError(
+            f"{path}, line {rows[0] + 1}: column {name!r} holds "
+            f"{str(column.values[column.codes[rows[0]]])!r}, expected {expected} ({len(rows)} such "
+            "rows). Left in, it would silently become a NaN feature or a wrong label: the file "
+            "is damaged or not the UCI census-income data; download it again."
+        )
 
 
 def _column(raw: tuple[str, ...]) -> Column:

@@ -135,7 +135,9 @@ def streaming_episode_dataset(
     Args:
         class_datasets: one dataset of examples (tensors of one static shape and dtype) per
             class, e.g. from `class_datasets_from_files` or `labelled_class_datasets`.
-        class_sizes: number of examples of each class; each needs at least `K+Q`.
+        class_sizes: number of examples of each class; each needs at least `K+Q`. A class
+            whose dataset has an unknown cardinality (e.g. a `filter`) is read here for up to
+            `K+Q` examples, so that a short one fails now instead of hanging the pipeline.
         num_ways, num_shots, num_queries, meta_batch_size, seed, num_episodes: as in
             `episode_dataset`.
         shuffle_buffer: largest shuffle buffer of a class.
@@ -157,6 +159,7 @@ def streaming_episode_dataset(
     for class_id, size in enumerate(sizes):
         if size < num_shots + num_queries:
             _raise_small_class(str(class_id), size, num_shots, num_queries)
+    _check_unsized_classes(class_datasets, num_shots + num_queries)
     seeds = np.random.SeedSequence(seed).generate_state(len(sizes) + 1, np.uint64) >> 2
     chunks = [
         _class_chunks(dataset, min(size, shuffle_buffer), num_shots + num_queries, int(s))
@@ -319,6 +322,26 @@ def _check_square_images(shape: tuple[int, ...]) -> None:
             f"(num_examples, H, H, C). Received: examples.shape={shape}. Add a channel "
             "dimension (`x[..., None]`), crop to a square, or pass rotations=False."
         )
+
+
+def _check_unsized_classes(class_datasets: list[tf.data.Dataset], per_class: int) -> None:
+    """Reads up to `per_class` examples of every class whose size tf.data cannot tell.
+
+    A class that holds fewer than `K+Q` examples never fills a chunk, and the streaming
+    pipeline would wait for one forever (e.g. `labelled_class_datasets` given a label value
+    that no example has).
+    """
+    for class_id, dataset in enumerate(class_datasets):
+        if int(dataset.cardinality()) != tf.data.UNKNOWN_CARDINALITY:
+            continue
+        count = int(dataset.take(per_class).reduce(np.int64(0), lambda n, _: n + 1))
+        if count < per_class:
+            raise ValueError(
+                f"The dataset of class {class_id} yields only {count} examples, fewer than "
+                f"num_shots + num_queries = {per_class}, so its episodes could never be filled "
+                "and the pipeline would hang. Check its label value (class_ids) and pass the "
+                "true class_sizes, or drop the class."
+            )
 
 
 def _check_class_datasets(class_datasets, class_sizes) -> tuple[list, list[int]]:

@@ -27,7 +27,7 @@ def multi_label_dataset(
     Args:
         features: array `(n, ...)` or dict of arrays `(n, ...)`.
         labels: task name -> array `(n, ...)`; mark missing labels with NaN (float) or -1
-            (integer).
+            (integer); float labels are otherwise finite, and so are float features.
         batch_size: examples per batch.
         shuffle: whether to shuffle (the buffer holds the whole data set).
         seed: non-negative shuffle seed.
@@ -46,6 +46,7 @@ def multi_label_dataset(
     check_positive_int("batch_size", batch_size)
     check_seed(seed)
     num_examples = _num_examples(features, labels)
+    _check_values(features, labels)
     if not repeat and drop_remainder and num_examples < batch_size:
         raise ValueError(
             f"Received batch_size={batch_size} with only {num_examples} examples, "
@@ -91,3 +92,29 @@ def _num_examples(
     if num_examples == 0:
         raise ValueError(f"Received no examples: {first} is empty. Pass at least one example.")
     return num_examples
+
+
+def _check_values(
+    features: np.ndarray | Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]
+) -> None:
+    """Raises on values that would silently turn into a NaN or infinite loss."""
+    feature_items = features.items() if isinstance(features, Mapping) else [("x", features)]
+    for key, value in feature_items:
+        value = np.asarray(value)
+        if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+            first = int(np.argmax(~np.isfinite(value).reshape(len(value), -1).all(axis=1)))
+            raise ValueError(
+                f"Feature {key!r} holds non-finite values (NaN or Inf), first in example "
+                f"{first}. Features have no missing-value marker: impute them (e.g. the training "
+                "mean plus a 0/1 'missing' feature) or drop those examples."
+            )
+    for task, value in labels.items():
+        value = np.asarray(value)
+        infinite = np.isinf(value) if np.issubdtype(value.dtype, np.floating) else None
+        if infinite is not None and infinite.any():
+            first = int(np.argmax(infinite.reshape(len(value), -1).any(axis=1)))
+            raise ValueError(
+                f"The labels of task {task!r} hold infinite values, first in example {first}: "
+                f"{value[first].tolist()!r}. NaN marks a missing label; fix the infinite ones "
+                "or mark them NaN."
+            )

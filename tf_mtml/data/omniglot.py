@@ -17,6 +17,7 @@ import os
 import tempfile
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -92,15 +93,22 @@ def omniglot_characters(data_dir: str, split: str) -> list[str]:
             )
         try:
             listing = json.loads(path.read_text())
-            names += [f"{source}/{alphabet}/{character}" for source in SOURCES
-                      for alphabet, characters in listing.get(source, {}).items()
-                      for character in characters]
+            part_names = [f"{source}/{alphabet}/{character}" for source in SOURCES
+                          for alphabet, characters in listing.get(source, {}).items()
+                          for character in characters]
         except (ValueError, AttributeError, TypeError) as error:
             raise ValueError(
                 f"Could not read the Omniglot split file {path}: {error}. Expected "
                 '{"background": {alphabet: [character, ...]}, "evaluation": {...}}; '
                 "delete it and re-download it with `download_omniglot`."
             ) from error
+        if not part_names:
+            raise ValueError(
+                f"The Omniglot split file {path} lists no characters, so the {part!r} split "
+                'would have zero classes. Expected {"background": {alphabet: [character, ...]}, '
+                '"evaluation": {...}}; delete it and re-download it with `download_omniglot`.'
+            )
+        names += part_names
     return names
 
 
@@ -223,11 +231,26 @@ def _class_of(member: str) -> str:
 def _png_files(location: Path) -> list[tuple[str, bytes]]:
     """`(member path, bytes)` of every PNG under a zip or folder."""
     if location.is_file():
-        with zipfile.ZipFile(location) as archive:
-            return [(name, archive.read(name))
-                    for name in archive.namelist() if name.endswith(".png")]
-    return [(str(path.relative_to(location)), path.read_bytes())
-            for path in location.rglob("*.png")]
+        try:
+            with zipfile.ZipFile(location) as archive:
+                files = [(name, archive.read(name))
+                         for name in archive.namelist() if name.endswith(".png")]
+        except (zipfile.BadZipFile, zlib.error, EOFError) as error:
+            raise ValueError(
+                f"The Omniglot archive {location} is not a readable zip file ({error}): the "
+                "download was cut short or the file is damaged. Delete it and run "
+                "`tf_mtml.data.download_omniglot(data_dir)`, or replace it with a good copy."
+            ) from error
+    else:
+        files = [(str(path.relative_to(location)), path.read_bytes())
+                 for path in location.rglob("*.png")]
+    if not files:
+        raise ValueError(
+            f"{location} holds no PNG images; expected "
+            "`<alphabet>/<character>/<drawing>.png` files as in the upstream Omniglot release. "
+            "Re-extract it, or delete it and run `tf_mtml.data.download_omniglot(data_dir)`."
+        )
+    return files
 
 
 def _decode(files: list[tuple[str, bytes]], image_size: int, location: Path) -> np.ndarray:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import keras
+
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
@@ -89,3 +91,25 @@ def check_task_names(task_names, num_tasks: int) -> tuple[str, ...] | None:
             f"Received: task_names={task_names!r}"
         )
     return names
+
+
+NUMERIC_FEATURES_FIX = "Encode the features as numbers first (e.g. one-hot or an embedding)."
+_DTYPE_KINDS = {
+    "float": ("floating-point", ("float", "bfloat")),
+    "integer": ("integer", ("int", "uint")),
+    "numeric": ("numeric", ("float", "bfloat", "int", "uint", "bool")),
+}
+
+
+def check_input_dtype(layer, arg: str, tensor, kind: str, fix: str) -> None:
+    """Raises a ValueError naming the layer, `arg` and its dtype unless it is of `kind`.
+
+    `kind` is `"float"`, `"integer"` or `"numeric"`; `fix` says how to get a valid input.
+    """
+    dtype = keras.backend.standardize_dtype(tensor.dtype)
+    description, prefixes = _DTYPE_KINDS[kind]
+    if not dtype.startswith(prefixes):
+        raise ValueError(
+            f"{type(layer).__name__} expects {description} `{arg}`. Received: {arg}.dtype={dtype}. "
+            f"{fix}"
+        )

@@ -11,13 +11,14 @@ import keras
 import numpy as np
 from keras import ops
 
-from tf_mtml.layers._validation import check_choice, check_positive_int
+from tf_mtml.layers._validation import check_choice, check_input_dtype, check_positive_int
 
 _GATE_TYPES = ("soft", "hard")
 
 
 def _check_shapes(layer: keras.layers.Layer, input_shape) -> tuple[tuple, tuple]:
-    if not isinstance(input_shape, list | tuple) or len(input_shape) != 2:
+    if (not isinstance(input_shape, list | tuple) or len(input_shape) != 2
+            or not all(isinstance(shape, list | tuple) for shape in input_shape)):
         raise ValueError(
             f"{type(layer).__name__} expects a list `[h, z]` of two tensors. "
             f"Received: input_shape={input_shape}"
@@ -45,6 +46,20 @@ class _Conditioning(keras.layers.Layer):
     def build(self, input_shape):
         _check_shapes(self, input_shape)
 
+    def _inputs(self, inputs):
+        """`[h, z]` checked at every call: dtypes, and equal batch sizes when known."""
+        h, z = inputs
+        check_input_dtype(self, "h", h, "float", "Cast it, e.g. `ops.cast(h, 'float32')`.")
+        check_input_dtype(self, "z", z, "numeric",
+                          "Pass a task descriptor, e.g. `TaskDescriptor('one_hot', num_tasks)`.")
+        if h.shape[0] is not None and z.shape[0] is not None and h.shape[0] != z.shape[0]:
+            raise ValueError(
+                f"{type(self).__name__} expects `h` and `z` with the same batch size (one task "
+                f"descriptor per example). Received: h.shape={tuple(h.shape)}, "
+                f"z.shape={tuple(z.shape)}"
+            )
+        return h, z
+
     def compute_output_shape(self, input_shape):
         return _check_shapes(self, input_shape)[0]
 
@@ -69,7 +84,7 @@ class ConcatConditioning(_Conditioning):
     """
 
     def call(self, inputs):
-        h, z = inputs
+        h, z = self._inputs(inputs)
         z = _expand_like(ops.cast(z, h.dtype), h)
         z = ops.broadcast_to(z, (*ops.shape(h)[:-1], ops.shape(z)[-1]))
         return ops.concatenate([h, z], axis=-1)
@@ -124,7 +139,7 @@ class AdditiveConditioning(_Conditioning):
         self.projection.build(z_shape)
 
     def call(self, inputs):
-        h, z = inputs
+        h, z = self._inputs(inputs)
         return h + _expand_like(self.projection(ops.cast(z, h.dtype)), h)
 
     def get_config(self):
@@ -171,7 +186,7 @@ class FiLM(_Conditioning):
         self.beta.build(z_shape)
 
     def call(self, inputs):
-        h, z = inputs
+        h, z = self._inputs(inputs)
         z = ops.cast(z, h.dtype)
         gamma = 1.0 + _expand_like(self.gamma(z), h)
         return gamma * h + _expand_like(self.beta(z), h)
@@ -242,7 +257,7 @@ class MultiplicativeGating(_Conditioning):
         self.assignment = (owner[None, :] == np.arange(self.num_tasks)[:, None]).astype("float32")
 
     def call(self, inputs):
-        h, z = inputs
+        h, z = self._inputs(inputs)
         z = ops.cast(z, h.dtype)
         if self.gate_type == "soft":
             mask = ops.sigmoid(ops.cast(self.gate(z), "float32"))

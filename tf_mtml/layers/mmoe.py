@@ -8,6 +8,8 @@ import keras
 from keras import ops
 
 from tf_mtml.layers._validation import (
+    NUMERIC_FEATURES_FIX,
+    check_input_dtype,
     check_positive_int,
     check_rate,
     check_task_names,
@@ -144,6 +146,8 @@ class MMoE(keras.layers.Layer):
                 f"Received: input_shape={tuple(input_shape)}"
             )
         input_dim = input_shape[-1]
+        # Later calls are checked against the built width (a clear error, not a matmul error).
+        self.input_spec = keras.InputSpec(ndim=2, axes={-1: input_dim})
         num_experts = self.num_experts
         self.expert_kernels, self.expert_biases = [], []
         fan_in = input_dim
@@ -220,6 +224,7 @@ class MMoE(keras.layers.Layer):
         return ops.where(ops.any(keep, axis=-1, keepdims=True), keep, fallback)
 
     def call(self, x, training=None):
+        check_input_dtype(self, "x", x, "numeric", NUMERIC_FEATURES_FIX)
         logits = self._gate_logits(x)
         gates = ops.softmax(logits, axis=-1)
         if training and self.gate_statistics is not None:

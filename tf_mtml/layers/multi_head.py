@@ -6,7 +6,13 @@ from collections.abc import Mapping
 
 import keras
 
-from tf_mtml.layers._validation import check_rate, check_task_output_units, check_units
+from tf_mtml.layers._validation import (
+    NUMERIC_FEATURES_FIX,
+    check_input_dtype,
+    check_rate,
+    check_task_output_units,
+    check_units,
+)
 from tf_mtml.layers.mlp import MLP
 
 
@@ -97,6 +103,8 @@ class TaskTowers(keras.layers.Layer):
     def call(self, inputs, training=None):
         if not isinstance(inputs, list | tuple):
             inputs = [inputs] * len(self.towers)
+        for x in inputs:
+            check_input_dtype(self, "inputs", x, "numeric", NUMERIC_FEATURES_FIX)
         return {
             task: head(tower(x, training=training))
             for task, x, tower, head in zip(
@@ -182,6 +190,7 @@ class MultiHead(keras.layers.Layer):
         self.towers.build(self.trunk.compute_output_shape(input_shape))
 
     def call(self, inputs, training=None):
+        check_input_dtype(self, "inputs", inputs, "numeric", NUMERIC_FEATURES_FIX)
         return self.towers(self.trunk(inputs, training=training), training=training)
 
     def compute_output_shape(self, input_shape):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from tf_mtml.layers._validation import check_choice, check_positive_int
+from tf_mtml.layers._validation import check_choice, check_input_dtype, check_positive_int
 
 _MODES = ("one_hot", "embedding", "metadata")
 
@@ -115,8 +115,14 @@ class TaskDescriptor(keras.layers.Layer):
 
     def call(self, inputs):
         if self.mode == "metadata":
+            check_input_dtype(self, "inputs", inputs, "numeric",
+                              "Pass the task metadata as numbers `(batch, m)`.")
             z = ops.cast(inputs, self.compute_dtype)
             return z if self.projection is None else self.projection(z)
+        # A float id would be truncated silently (1.7 -> task 1): only integer ids are taken.
+        check_input_dtype(self, "inputs", inputs, "integer",
+                          "Pass integer task ids in [0, num_tasks), e.g. `ids.astype('int32')` "
+                          "after rounding; a `keras.Input` of ids needs `dtype='int32'`.")
         ids = ops.cast(ops.reshape(inputs, (-1,)), "int32")
         one_hot = ops.one_hot(ids, self.num_tasks, dtype=self.compute_dtype)
         if self.mode == "one_hot":

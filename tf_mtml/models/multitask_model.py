@@ -12,6 +12,7 @@ from keras import ops
 
 from tf_mtml.losses.masked import label_mask, masked_sum_and_count, per_example_loss
 from tf_mtml.models.task_spec import TaskSpec, as_task_specs
+from tf_mtml.weighting.diagnostics import GradientDiagnostics
 from tf_mtml.weighting.factory import get_weighting
 
 
@@ -38,6 +39,36 @@ def _symbolic_outputs(network):
 def _num_replicas() -> int:
     ctx = tf.distribute.get_replica_context()
     return 1 if ctx is None else ctx.num_replicas_in_sync
+
+
+def _checked_label_values(task: TaskSpec, labels):
+    """`labels` behind a run-time check that they are labels of `task`.
+
+    A binary label outside [0, 1], an infinite regression target or a class id past
+    `num_classes` would still give a loss (or NaN on GPU), so the step fails instead with
+    `InvalidArgumentError` naming the first bad value. The check is a graph op; XLA
+    (`jit_compile=True`, TPUs) compiles it away.
+    """
+    if task.type == "multiclass":
+        bad = labels >= task.num_classes
+        expected = f"class ids below num_classes={task.num_classes} (negative = missing)"
+    elif task.type == "binary":
+        bad = (labels < 0.0) | (labels > 1.0)  # False for NaN, the missing-label marker.
+        expected = "values in [0, 1] (NaN = missing)"
+    else:
+        bad = tf.math.is_inf(labels)
+        expected = "finite values (NaN = missing)"
+    # Reductions, not argmax/gather, so that an empty batch (a replica's share of a partial
+    # batch) passes and every shape stays static.
+    rows = tf.range(tf.shape(labels)[0])
+    first = tf.reduce_min(tf.where(bad, rows, tf.int32.max))
+    value = tf.reduce_max(tf.where(tf.equal(rows, first), labels, labels.dtype.min))
+    check = tf.debugging.Assert(
+        tf.logical_not(tf.reduce_any(bad)),
+        [f"Received an invalid label for {task.type} task '{task.name}', expected {expected}. "
+         "Fix the label or mark it missing. First invalid label at row", first, "value:", value])
+    with tf.control_dependencies([check]):
+        return tf.identity(labels)
 
 
 @keras.saving.register_keras_serializable(package="tf_mtml")
@@ -131,7 +162,8 @@ class MultiTaskModel(keras.Model):
         y = self.check_labels(y)
         sums, counts = [], []
         for i, task in enumerate(self.tasks):
-            loss, mask = per_example_loss(task, y[task.name], y_pred[task.name],
+            labels = _checked_label_values(task, self._check_batch(task, y[task.name], y_pred))
+            loss, mask = per_example_loss(task, labels, y_pred[task.name],
                                           self.label_mean[i], self.label_std[i])
             total, count = masked_sum_and_count(loss, mask, self._task_weight(sample_weight, task))
             sums.append(total)
@@ -203,6 +235,12 @@ class MultiTaskModel(keras.Model):
         statistics = {}
         for task in self.tasks:
             if task.standardize:
+                if task.name not in labels:
+                    raise ValueError(
+                        f"No labels for standardised task '{task.name}'. Pass its training labels"
+                        f" in `labels` (received tasks {sorted(labels)}), or set its statistics "
+                        "with `set_label_statistics`."
+                    )
                 values = np.asarray(labels[task.name], dtype="float64").reshape(-1)
                 values = values[np.isfinite(values)]
                 if values.size < 2:
@@ -261,6 +299,17 @@ class MultiTaskModel(keras.Model):
             )
         return ops.cast(labels, "float32")
 
+    @staticmethod
+    def _check_batch(task: TaskSpec, labels, y_pred):
+        rows, outputs = labels.shape[0], y_pred[task.name].shape[0]
+        if rows is not None and outputs is not None and rows != outputs:
+            raise ValueError(
+                f"Labels of task '{task.name}' have {rows} rows, but the model's output for it "
+                f"has {outputs}: one label per example is expected. Check that the labels and "
+                "the features come from the same batch."
+            )
+        return labels
+
     def _check_network_outputs(self, outputs) -> None:
         if outputs is None:
             return
@@ -281,7 +330,8 @@ class MultiTaskModel(keras.Model):
     def _task_index(self, name: str) -> int:
         if name not in self.task_names:
             raise ValueError(
-                f"Unknown task '{name}'. The model's tasks are {list(self.task_names)}")
+                f"Unknown task '{name}'. The model's tasks are {list(self.task_names)}: use one "
+                "of these names (check the spelling against the model's TaskSpecs).")
         return self.task_names.index(name)
 
     @staticmethod
@@ -295,10 +345,12 @@ class MultiTaskModel(keras.Model):
     # ---------------------------------------------------------------------- serialization
     def get_config(self):
         return {
-            "name": self.name,
+            **super().get_config(),
             "network": keras.saving.serialize_keras_object(self.network),
             "tasks": [t.get_config() for t in self.tasks],
             "weighting": keras.saving.serialize_keras_object(self.weighting),
+            # Attached after construction by the multi-task task family (a metric, no weights).
+            "gradient_diagnostics": getattr(self, "gradient_diagnostics", None) is not None,
         }
 
     @classmethod
@@ -306,4 +358,8 @@ class MultiTaskModel(keras.Model):
         config = dict(config)
         config["network"] = keras.saving.deserialize_keras_object(config["network"])
         config["weighting"] = keras.saving.deserialize_keras_object(config["weighting"])
-        return cls(**config)
+        diagnostics = config.pop("gradient_diagnostics", False)
+        model = cls(**config)
+        if diagnostics:
+            model.gradient_diagnostics = GradientDiagnostics(model.task_names)
+        return model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -74,9 +75,10 @@ class TaskSpec:
                 f"Task '{self.name}' of type '{self.type}' has one output; `num_classes` is "
                 f"only for multiclass tasks. Received: num_classes={self.num_classes!r}"
             )
-        if not self.weight >= 0:
+        if not 0 <= self.weight < math.inf:
             raise ValueError(
-                f"Task '{self.name}' needs a loss `weight` >= 0. Received: weight={self.weight!r}"
+                f"Task '{self.name}' needs a finite loss `weight` >= 0. "
+                f"Received: weight={self.weight!r}"
             )
         if self.loss is not None and self.loss not in LOSSES[self.type]:
             raise ValueError(
@@ -119,7 +121,7 @@ class TaskSpec:
 
 def as_task_specs(tasks: Sequence[TaskSpec | Mapping[str, Any]]) -> tuple[TaskSpec, ...]:
     """Normalises a list of `TaskSpec`s or config dicts; checks the names are unique."""
-    specs = tuple(t if isinstance(t, TaskSpec) else TaskSpec(**dict(t)) for t in tasks)
+    specs = tuple(t if isinstance(t, TaskSpec) else _from_config(i, t) for i, t in enumerate(tasks))
     if not specs:
         raise ValueError("A multi-task model needs at least one task. Received: tasks=[]")
     names = [t.name for t in specs]
@@ -127,3 +129,21 @@ def as_task_specs(tasks: Sequence[TaskSpec | Mapping[str, Any]]) -> tuple[TaskSp
     if duplicates:
         raise ValueError(f"Task names must be unique. Received duplicates: {duplicates}")
     return specs
+
+
+def _from_config(index: int, config: Mapping[str, Any]) -> TaskSpec:
+    """A `TaskSpec` from its config dict, naming unknown or missing fields."""
+    fields = [f.name for f in dataclasses.fields(TaskSpec)]
+    if not isinstance(config, Mapping):
+        problem = "it is not a mapping"
+    else:
+        unknown = sorted(set(config) - set(fields))
+        missing = [key for key in ("name", "type") if key not in config]
+        problem = (f"unknown field(s) {unknown}" if unknown
+                   else f"missing field(s) {missing}" if missing else "")
+    if problem:
+        raise ValueError(
+            f"Received an invalid config for task {index}: {problem}. A task is a mapping of "
+            f"TaskSpec fields {fields}, e.g. {{name: ctr, type: binary}}. Received: {config!r}"
+        )
+    return TaskSpec(**dict(config))

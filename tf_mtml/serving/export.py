@@ -8,7 +8,10 @@ never sees a half-written version.
 
 The archive is built with `keras.export.ExportArchive`; the session-based loader that TF Serving
 uses reads it (see `tf_mtml.serving.session_loader`), which a hand-written `tf.saved_model.save`
-wrapper does not guarantee.
+wrapper does not guarantee. Every signature checks the shape of each input (and that float inputs
+are finite) inside the graph (`tf_mtml.serving.validation`): TF Serving itself checks only dtypes.
+With `warmup_examples`, the version carries TF Serving's warmup file (`tf_mtml.serving.warmup`),
+written before the rename like the rest of the version.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from collections.abc import Callable, Mapping
 import keras
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+
+from tf_mtml.serving.validation import checked_inputs
+from tf_mtml.serving.warmup import Examples, check_warmup_examples, write_warmup_requests
 
 SERVING_DEFAULT = "serving_default"
 
@@ -130,11 +136,12 @@ def _named_specs(endpoint: str, input_signature: Mapping) -> dict[str, tf.Tensor
     return specs
 
 
-def _dict_endpoint(endpoint: str, fn: Callable[[dict], dict]) -> Callable[[dict], dict]:
-    """Wraps `fn` so that it is called with a plain dict and must return a dict of tensors."""
+def _dict_endpoint(endpoint: str, fn: Callable[[dict], dict],
+                   specs: Mapping[str, tf.TensorSpec]) -> Callable[[dict], dict]:
+    """Wraps `fn`: called with a plain dict of checked inputs, it must return a dict of tensors."""
 
     def serve(inputs: dict) -> dict:
-        outputs = fn(dict(inputs))
+        outputs = fn(checked_inputs(endpoint, inputs, specs))
         if not isinstance(outputs, Mapping) or not all(isinstance(k, str) for k in outputs):
             raise ValueError(
                 f"The function of endpoint {endpoint!r} must return a dict from output name "
@@ -191,13 +198,17 @@ def export_saved_model(
     serve_fn: Callable[[dict], dict] | None = None,
     extra_endpoints: Mapping[str, Endpoint] | None = None,
     version: int | None = None,
+    warmup_examples: Examples | None = None,
+    model_name: str = "",
 ) -> str:
     """Exports `model` as version `<export_base>/<version>/` for TF Serving, atomically.
 
     The `serving_default` signature takes the named inputs of `input_signature` (batch dimension
-    None) and returns one named output per key of the dict `serve_fn` returns. The version is
-    written to a dot-prefixed temporary sibling (ignored by TF Serving and `list_versions`), its
-    SignatureDef names are checked, and it is then renamed into place.
+    None) and returns one named output per key of the dict `serve_fn` returns. Every signature
+    first asserts that each input has its declared inner shape and that float inputs are
+    finite. The version is written to a dot-prefixed temporary sibling (ignored by TF Serving
+    and `list_versions`), with its warmup file, its SignatureDef names are checked, and it is
+    then renamed into place.
 
     Args:
         model: The Keras model; its variables are tracked by the archive.
@@ -211,6 +222,11 @@ def export_saved_model(
             dict-in / dict-out contract as `serve_fn`, e.g. an embedding endpoint.
         version: The version to write. Defaults to 1 + the largest existing version (1 when
             none). An existing version is never overwritten.
+        warmup_examples: `{signature: {input: array}}`, one request for every signature
+            (real examples: TF Serving refuses a version whose warmup fails), written to
+            `<version>/assets.extra/tf_serving_warmup_requests`. None writes no warmup file.
+        model_name: The model name put in the warmup requests (TF Serving does not read it
+            there; it makes each record a complete client request).
 
     Returns:
         The path of the written version directory.
@@ -242,14 +258,17 @@ def export_saved_model(
             )
     serve_fn = serve_fn or _default_serve_fn(model)
     endpoints = {SERVING_DEFAULT: (serve_fn, input_signature), **extra_endpoints}
+    specs = {name: _named_specs(name, signature) for name, (_, signature) in endpoints.items()}
+    if warmup_examples is not None:
+        check_warmup_examples(warmup_examples, specs)
     archive = keras.export.ExportArchive()
     archive.track(model)
     expected = {}
-    for name, (fn, signature) in endpoints.items():
-        specs = _named_specs(name, signature)
-        traced = archive.add_endpoint(name, _dict_endpoint(name, fn), input_signature=[specs])
+    for name, (fn, _) in endpoints.items():
+        traced = archive.add_endpoint(name, _dict_endpoint(name, fn, specs[name]),
+                                      input_signature=[specs[name]])
         outputs = traced.get_concrete_function().structured_outputs
-        expected[name] = (set(specs), set(outputs))
+        expected[name] = (set(specs[name]), set(outputs))
 
     os.makedirs(export_base, exist_ok=True)
     version = _resolve_version(export_base, version)
@@ -257,6 +276,8 @@ def export_saved_model(
     temp_dir = os.path.join(export_base, f"{_TEMP_PREFIX}{version}-{uuid.uuid4().hex}")
     try:
         archive.write_out(temp_dir, verbose=False)
+        if warmup_examples is not None:
+            write_warmup_requests(temp_dir, warmup_examples, model_name)
         for name, (inputs, outputs) in expected.items():
             _verify_signature(temp_dir, name, inputs, outputs)
         # Another writer may have taken the version meanwhile; re-check right before renaming.

@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from tf_mtml.configs.contrastive import ContrastiveConfig
 from tf_mtml.data import augment
-from tf_mtml.data._common import shuffled_epochs
+from tf_mtml.data._common import check_positive_int, shuffled_epochs
 from tf_mtml.data.data_dir import resolve_data_dir
 from tf_mtml.data.digits import NUM_CLASSES, DigitsSplit, labelled_subset, load_digits_split
 from tf_mtml.data.episodes import episode_dataset
@@ -44,7 +44,10 @@ from tf_mtml.meta.base import QUERY_X, QUERY_Y, SUPPORT_X, SUPPORT_Y
 from tf_mtml.meta.prototypical import PrototypicalNetwork
 from tf_mtml.models.embedding import EmbeddingModel
 from tf_mtml.models.ood import KNNOODScorer
+from tf_mtml.serving.export import SERVING_DEFAULT
+from tf_mtml.serving.validation import gate, unit_interval_check
 from tf_mtml.tasks.contrastive_eval import embed_images, fine_tune_accuracy, probe_accuracy
+from tf_mtml.train.nonfinite import apply_gradients
 
 VIEWS, LABELS, IMAGES = "views", "labels", "images"
 
@@ -194,7 +197,8 @@ class ContrastiveTask:
                                               global_batch_size=self.config.data.global_batch_size)
             scaled = optimizer.scale_loss(loss)
         variables = model.trainable_variables
-        optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables, strict=True))
+        apply_gradients(optimizer, zip(tape.gradient(scaled, variables), variables, strict=True),
+                        loss)
         loss_metric.update_state(loss * tf.distribute.get_replica_context().num_replicas_in_sync)
 
     # -------------------------------------------------------------------------- evaluation
@@ -277,8 +281,15 @@ class ContrastiveTask:
         return {IMAGES: tf.TensorSpec((None, *self.image_shape()), tf.float32)}
 
     def serve_fn(self, model: EmbeddingModel):
-        """`serving_default`: `{"embedding": (batch, d)}`, L2-normalised encoder outputs."""
-        return lambda inputs: {"embedding": model.embed(inputs[IMAGES], training=False)}
+        """`serving_default`: `{"embedding": (batch, d)}`, L2-normalised encoder outputs.
+
+        Images must hold intensities in `[0, 1]`, as in training.
+        """
+        def embed(inputs):
+            images = _checked_images(SERVING_DEFAULT, inputs)
+            return {"embedding": model.embed(images, training=False)}
+
+        return embed
 
     def extra_endpoints(self, model: EmbeddingModel) -> dict:
         """`ood_score`: `{"ood_score": (batch,), "is_outlier": (batch,) bool}`.
@@ -289,7 +300,21 @@ class ContrastiveTask:
         self.adapt_ood_scorer(model)
 
         def score(inputs):
-            scores = model.ood_score(inputs[IMAGES])
+            scores = model.ood_score(_checked_images("ood_score", inputs))
             return {"ood_score": scores, "is_outlier": scores > model.ood_scorer.threshold}
 
         return {"ood_score": (score, self.input_signature())}
+
+    def serving_examples(self, num: int) -> dict[str, dict[str, np.ndarray]]:
+        """`{signature: inputs}` of `num` real evaluation images, for the warmup file."""
+        check_positive_int("num", num)
+        if self.config.data.source == "digits":
+            images = self.digits.test_images[:num]
+        else:
+            images = self.classes(self.config.data.eval_split).examples[:num]
+        inputs = {IMAGES: images.astype(np.float32)}
+        return {SERVING_DEFAULT: inputs, "ood_score": inputs}
+
+
+def _checked_images(endpoint: str, inputs: dict) -> tf.Tensor:
+    return gate(inputs, [unit_interval_check(endpoint, IMAGES, inputs[IMAGES])])[IMAGES]

@@ -6,39 +6,30 @@ import functools
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tf_mtml.configs.meta import MetaLearningConfig
+from tf_mtml.data._common import check_positive_int
 from tf_mtml.data.data_dir import resolve_data_dir
 from tf_mtml.data.episodes import ClassIndexedData, episode_dataset
 from tf_mtml.data.omniglot import load_omniglot
+from tf_mtml.data.sharding import shard_global_batches
 from tf_mtml.data.sinusoid import sinusoid_episode_dataset
 from tf_mtml.meta.base import QUERY_X, SUPPORT_X, SUPPORT_Y, MetaLearner
+from tf_mtml.serving.export import SERVING_DEFAULT
+from tf_mtml.serving.validation import (
+    contiguous_labels_check,
+    gate,
+    id_range_check,
+    same_rows_check,
+    unit_interval_check,
+)
 from tf_mtml.tasks.meta_learners import build_meta_learner, few_shot_fn, serving_default_fn
+from tf_mtml.train.nonfinite import apply_gradients
 
 EPISODE_KEYS = (SUPPORT_X, SUPPORT_Y, QUERY_X, "query_y")
-
-
-def shard_meta_batches(dataset: tf.data.Dataset, global_batch_size: int,
-                       input_context: tf.distribute.InputContext | None) -> tf.data.Dataset:
-    """Splits each global meta-batch of episodes into this pipeline's per-replica meta-batches.
-
-    Every input pipeline builds the same global stream (same seed) and keeps its own
-    contiguous rows, one per-replica meta-batch after another, so that replica r of a step
-    sees episodes `[r * b, (r + 1) * b)` of the global meta-batch: the distributed step sees
-    exactly the episodes a single device would. Shapes stay static (TPU).
-    """
-    if input_context is None or input_context.num_replicas_in_sync == 1:
-        return dataset
-    per_replica = input_context.get_per_replica_batch_size(global_batch_size)
-    local_replicas = input_context.num_replicas_in_sync // input_context.num_input_pipelines
-    start = input_context.input_pipeline_id * local_replicas * per_replica
-    rows = local_replicas * per_replica
-
-    def take_rows(episode):
-        return {k: v[start:start + rows] for k, v in episode.items()}
-
-    return dataset.map(take_rows).unbatch().batch(per_replica, drop_remainder=True)
+FEW_SHOT = "few_shot"
 
 
 class MetaLearningTask:
@@ -97,13 +88,14 @@ class MetaLearningTask:
 
     def build_inputs(self, training: bool,
                      input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
-        """Meta-batches of episodes, split across replicas (see `shard_meta_batches`).
+        """Meta-batches of episodes, split across replicas (see `shard_global_batches`).
 
         Training streams are infinite; evaluation is a fixed set of
         `ceil(eval_episodes / eval_meta_batch) * eval_meta_batch` episodes on `eval_split`.
         """
         dataset, batch = self._episodes(training)
-        dataset = shard_meta_batches(dataset, batch, input_context)
+        key = "task.data.meta_batch_size" if training else "task.data.eval_meta_batch_size"
+        dataset = shard_global_batches(dataset, batch, input_context, config_key=key)
         return dataset.prefetch(tf.data.AUTOTUNE)
 
     # ----------------------------------------------------------------------------- model
@@ -125,7 +117,7 @@ class MetaLearningTask:
         loss, grads, predictions = model.train_gradients(inputs, global_batch,
                                                          scale_loss=optimizer.scale_loss)
         variables = model.trainable_variables
-        optimizer.apply_gradients(zip(grads, variables, strict=True))
+        apply_gradients(optimizer, zip(grads, variables, strict=True), loss)
         model.update_episode_metrics(inputs, predictions)
         loss_metric.update_state(loss * replica.num_replicas_in_sync)
 
@@ -139,14 +131,62 @@ class MetaLearningTask:
         return {"x": tf.TensorSpec((None, *self.example_shape()), tf.float32)}
 
     def serve_fn(self, model: MetaLearner):
-        """`serving_default`: embeddings (metric learners) or the unadapted learner's output."""
-        return serving_default_fn(model)
+        """`serving_default`: embeddings (metric learners) or the unadapted learner's output.
+
+        Omniglot images must hold intensities in `[0, 1]`, as in training.
+        """
+        serve = serving_default_fn(model)
+
+        def checked(inputs: dict) -> dict:
+            return serve(gate(inputs, self._image_checks(SERVING_DEFAULT, inputs, ["x"])))
+
+        return checked
 
     def extra_endpoints(self, model: MetaLearner) -> dict:
-        """`few_shot`: adapt on a served support set, predict the served queries."""
+        """`few_shot`: adapt on a served support set, predict the served queries.
+
+        `support_x` and `support_y` must have as many rows. Class labels must be `0..N-1`:
+        below `task.data.num_ways` for the learners with a head of that width (MAML family,
+        Reptile, LSTM meta-optimizer, black box), every class present for the metric
+        learners, which take any N.
+        """
         label = (tf.TensorSpec((None,), tf.int32) if model.problem == "classification"
                  else tf.TensorSpec((None, 1), tf.float32))
         shape = self.example_shape()
         signature = {SUPPORT_X: tf.TensorSpec((None, *shape), tf.float32), SUPPORT_Y: label,
                      QUERY_X: tf.TensorSpec((None, *shape), tf.float32)}
-        return {"few_shot": (few_shot_fn(model), signature)}
+        few_shot = few_shot_fn(model)
+
+        def checked(inputs: dict) -> dict:
+            checks = [same_rows_check(FEW_SHOT, inputs, [SUPPORT_X, SUPPORT_Y]),
+                      *self._image_checks(FEW_SHOT, inputs, [SUPPORT_X, QUERY_X]),
+                      *self._label_checks(model, inputs[SUPPORT_Y])]
+            return few_shot(gate(inputs, checks))
+
+        return {FEW_SHOT: (checked, signature)}
+
+    def _image_checks(self, endpoint: str, inputs: dict, names: list[str]) -> list:
+        if self.config.data.source == "sinusoid":
+            return []
+        return [unit_interval_check(endpoint, name, inputs[name]) for name in names]
+
+    def _label_checks(self, model: MetaLearner, labels: tf.Tensor) -> list:
+        if model.problem == "regression":
+            return []
+        if hasattr(model, "few_shot_logits"):
+            return [contiguous_labels_check(FEW_SHOT, SUPPORT_Y, labels)]
+        ways = self.config.data.num_ways
+        return [id_range_check(FEW_SHOT, SUPPORT_Y, labels, ways,
+                               f"class labels (the head of this model has N={ways} outputs)",
+                               f"Relabel the support classes 0..{ways - 1}.")]
+
+    def serving_examples(self, num: int) -> dict[str, dict[str, np.ndarray]]:
+        """`{signature: inputs}` from the first evaluation episode, for the warmup file.
+
+        `serving_default` gets `num` of its query examples, `few_shot` the whole episode.
+        """
+        check_positive_int("num", num)
+        dataset, _ = self._episodes(training=False)
+        episode = next(iter(dataset.take(1)))
+        first = {key: episode[key][0].numpy() for key in (SUPPORT_X, SUPPORT_Y, QUERY_X)}
+        return {SERVING_DEFAULT: {"x": first[QUERY_X][:num]}, FEW_SHOT: first}

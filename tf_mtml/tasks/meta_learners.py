@@ -6,8 +6,9 @@ from collections.abc import Callable
 
 import keras
 import tensorflow as tf
+from absl import logging
 
-from tf_mtml.configs.meta import MetaModelConfig
+from tf_mtml.configs.meta import META_BATCH_MODES, MetaModelConfig
 from tf_mtml.meta import (
     ANIL,
     MAML,
@@ -50,8 +51,54 @@ def _encoder(config: MetaModelConfig, example_shape: tuple[int, ...],
                  synchronized=config.batch_norm_synchronized)
 
 
+def is_tpu_strategy(strategy: tf.distribute.Strategy) -> bool:
+    """Whether `strategy` runs on TPUs (every step is then compiled by XLA)."""
+    return isinstance(strategy, (tf.distribute.TPUStrategy, tf.distribute.experimental.TPUStrategy))
+
+
+def resolve_meta_batch_mode(mode: str, strategy: tf.distribute.Strategy) -> str:
+    """The MAML-family `meta_batch_mode` that `task.model.meta_batch_mode=mode` selects.
+
+    `"auto"` is `"map_fn"` under a TPU strategy (`vectorized_map` makes XLA recompile) and
+    `"vectorized_map"` elsewhere (the fastest in a plain `tf.function`); an explicit mode is
+    kept, with a warning when it is `"vectorized_map"` on TPUs.
+
+    Args:
+        mode: `"auto"`, `"vectorized_map"` or `"map_fn"`.
+        strategy: The strategy the learner will train under.
+
+    Returns:
+        `"vectorized_map"` or `"map_fn"`.
+    """
+    if mode not in META_BATCH_MODES:
+        raise ValueError(
+            f"Received an invalid value for `meta_batch_mode`, expected one of "
+            f"{META_BATCH_MODES}. Received: meta_batch_mode={mode!r}")
+    on_tpu = is_tpu_strategy(strategy)
+    if mode == "auto":
+        return "map_fn" if on_tpu else "vectorized_map"
+    if mode == "vectorized_map" and on_tpu:
+        logging.warning("task.model.meta_batch_mode=vectorized_map on TPUs: XLA recompiles the "
+                        "vectorized loop; `auto` (map_fn) is the TPU path.")
+    return mode
+
+
+def _check_xla_second_order(config: MetaModelConfig, strategy: tf.distribute.Strategy) -> None:
+    """Second-order MAML through max-pooling cannot compile for TPUs in bfloat16."""
+    # XLA implements MaxPoolGradGrad for float32 only (tf2xla/kernels/pooling_ops.cc).
+    if (config.algorithm in ("maml", "meta_sgd") and config.backbone == "conv4"
+            and is_tpu_strategy(strategy)
+            and keras.mixed_precision.global_policy().compute_dtype == "bfloat16"):
+        raise ValueError(
+            f"`task.model.algorithm={config.algorithm}` differentiates twice through Conv-4's "
+            "max-pooling, which XLA (every TPU step) compiles in float32 only, but "
+            "`runtime.mixed_precision_dtype=mixed_bfloat16` computes in bfloat16. Set "
+            "`runtime.mixed_precision_dtype=float32`, or use `algorithm=fomaml` or `anil`.")
+
+
 def build_meta_learner(config: MetaModelConfig, example_shape: tuple[int, ...], num_ways: int,
-                       eval_num_ways: int, problem: str, seed: int = 0) -> MetaLearner:
+                       eval_num_ways: int, problem: str, seed: int = 0,
+                       strategy: tf.distribute.Strategy | None = None) -> MetaLearner:
     """The meta-learner of `config.algorithm` on the configured backbone.
 
     Args:
@@ -62,14 +109,23 @@ def build_meta_learner(config: MetaModelConfig, example_shape: tuple[int, ...], 
             learners with a fixed head need it equal to `num_ways`).
         problem: `"classification"` or `"regression"`.
         seed: Seeds the learners with randomness of their own (hallucination noise).
+        strategy: The strategy the learner will train under (resolves
+            `meta_batch_mode="auto"`); by default the one whose scope is active.
+
+    Raises:
+        ValueError: Second-order MAML or Meta-SGD on Conv-4 in bfloat16 on TPUs (XLA cannot
+            differentiate max-pooling twice in bfloat16).
     """
     algorithm = config.algorithm
     eval_steps = config.eval_inner_steps or None
     inner = {"inner_lr": config.inner_lr, "inner_steps": config.inner_steps,
              "eval_inner_steps": eval_steps, "problem": problem}
     if algorithm in ("maml", "fomaml", "meta_sgd", "anil"):
+        strategy = strategy or tf.distribute.get_strategy()
+        _check_xla_second_order(config, strategy)
         learner = _learner(config, example_shape, num_ways, problem)
-        maml = {**inner, "recompute": config.recompute, "meta_batch_mode": config.meta_batch_mode}
+        maml = {**inner, "recompute": config.recompute,
+                "meta_batch_mode": resolve_meta_batch_mode(config.meta_batch_mode, strategy)}
         if algorithm == "anil":
             return ANIL(learner, num_head_layers=1, **maml)
         if algorithm == "meta_sgd":

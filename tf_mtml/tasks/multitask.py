@@ -10,9 +10,11 @@ import tensorflow as tf
 from absl import logging
 
 from tf_mtml.configs.multitask import MultiTaskConfig
+from tf_mtml.data._common import check_positive_int
 from tf_mtml.data.census import load_census_income
 from tf_mtml.data.data_dir import resolve_data_dir
 from tf_mtml.data.multi_label import multi_label_dataset
+from tf_mtml.data.sharding import shard_global_batches
 from tf_mtml.data.synthetic import MMoESyntheticProblem
 from tf_mtml.layers.cross_stitch import CrossStitchNetwork
 from tf_mtml.layers.gate_statistics import expert_utilisation_warnings
@@ -27,6 +29,8 @@ from tf_mtml.layers.shared_bottom import (
 from tf_mtml.layers.soft_sharing import SoftSharing
 from tf_mtml.models.multitask_model import MultiTaskModel
 from tf_mtml.models.task_spec import as_task_specs
+from tf_mtml.serving.export import SERVING_DEFAULT
+from tf_mtml.serving.task_score import task_score_endpoint, task_score_examples
 from tf_mtml.weighting.diagnostics import GradientDiagnostics
 from tf_mtml.weighting.factory import get_weighting
 from tf_mtml.weighting.train_step import multitask_train_step
@@ -104,18 +108,18 @@ class MultiTaskLearningTask:
 
     def build_inputs(self, training: bool,
                      input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
-        """Per-replica batches; each input pipeline reads its own shard of the examples."""
+        """Per-replica batches of one global stream (`shard_global_batches`).
+
+        Every input pipeline shuffles all the examples with the same seed and keeps its rows
+        of each global batch, so any number of replicas and workers trains on exactly the
+        batches one device would.
+        """
         features, labels = self.arrays["train" if training else "eval"]
-        batch_size = self.config.data.global_batch_size
-        shard, num_shards = 0, 1
-        if input_context is not None:
-            batch_size = input_context.get_per_replica_batch_size(batch_size)
-            shard, num_shards = input_context.input_pipeline_id, input_context.num_input_pipelines
-        take = slice(shard, None, num_shards)
-        return multi_label_dataset(
-            {k: v[take] for k, v in features.items()}, {k: v[take] for k, v in labels.items()},
-            batch_size=batch_size, shuffle=training, seed=self.seed + shard, repeat=training,
-            drop_remainder=True)
+        global_batch = self.config.data.global_batch_size
+        dataset = multi_label_dataset(features, labels, batch_size=global_batch,
+                                      shuffle=training, seed=self.seed, repeat=training,
+                                      drop_remainder=True)
+        return shard_global_batches(dataset, global_batch, input_context)
 
     # ----------------------------------------------------------------------------- model
     def build_network(self) -> keras.Model:
@@ -197,7 +201,18 @@ class MultiTaskLearningTask:
         return get_weighting(model.weighting, self.tasks, **options)
 
     def serve_fn(self, model: MultiTaskModel):
+        """`serving_default`: `{task: prediction}` in label space (`MultiTaskModel.serve`)."""
         return model.serve
+
+    def extra_endpoints(self, model: MultiTaskModel) -> dict:
+        """`task_score`: `{features, task_id} -> {score, task_name}` (see `task_score`)."""
+        return task_score_endpoint(model.serve, self.input_signature(), self.tasks)
+
+    def serving_examples(self, num: int) -> dict[str, dict[str, np.ndarray]]:
+        """`{signature: inputs}` of `num` real evaluation examples, for the warmup file."""
+        check_positive_int("num", num)
+        inputs = {FEATURES: self.arrays["eval"][0][FEATURES][:num].astype(np.float32)}
+        return {SERVING_DEFAULT: inputs, **task_score_examples(inputs, self.tasks)}
 
     def after_train_loop(self, logs: dict[str, float]) -> list[str]:
         """Called by the trainer with each loop's logs: warns of polarised or unused experts.

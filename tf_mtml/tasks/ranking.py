@@ -26,6 +26,7 @@ import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
 from tf_mtml.configs.ranking import RankingConfig
+from tf_mtml.data._common import check_positive_int
 from tf_mtml.data.multi_label import multi_label_dataset
 from tf_mtml.data.ranking_synthetic import (
     POSITION,
@@ -35,10 +36,14 @@ from tf_mtml.data.ranking_synthetic import (
     RankingDay,
     weighted_sum,
 )
+from tf_mtml.data.sharding import shard_global_batches
 from tf_mtml.layers.mmoe import MMoE
 from tf_mtml.layers.multi_head import TaskTowers
 from tf_mtml.models.multitask_model import MultiTaskModel
 from tf_mtml.models.task_spec import as_task_specs
+from tf_mtml.serving.export import SERVING_DEFAULT
+from tf_mtml.serving.task_score import task_score_endpoint, task_score_examples
+from tf_mtml.serving.validation import gate, same_rows_check
 from tf_mtml.weighting.factory import get_weighting
 from tf_mtml.weighting.train_step import multitask_train_step
 
@@ -124,15 +129,11 @@ class RankingTask:
                              "`evaluate_model`, not with evaluation batches.")
         features, labels = self.day(self.train_day).impressions()
         labels = {t.name: labels[t.name] for t in self.tasks}
-        batch_size = self.config.data.global_batch_size
-        shard, num_shards = 0, 1
-        if input_context is not None:
-            batch_size = input_context.get_per_replica_batch_size(batch_size)
-            shard, num_shards = input_context.input_pipeline_id, input_context.num_input_pipelines
-        take = slice(shard, None, num_shards)
-        return multi_label_dataset(
-            {k: v[take] for k, v in features.items()}, {k: v[take] for k, v in labels.items()},
-            batch_size=batch_size, seed=self.seed * 7919 + self.train_day * 131 + shard)
+        global_batch = self.config.data.global_batch_size
+        dataset = multi_label_dataset(features, labels, batch_size=global_batch,
+                                      seed=self.seed * 7919 + self.train_day * 131)
+        # One global stream split by rows: every topology sees the batches one device would.
+        return shard_global_batches(dataset, global_batch, input_context)
 
     # ----------------------------------------------------------------------------- model
     def build_network(self) -> keras.Model:
@@ -247,7 +248,10 @@ class RankingTask:
         logs: dict[str, float] = {}
         for day in range(finished, self.config.data.num_days):
             self.train_day = day
-            trainer.reset_train_iterator()  # day t's impressions, not the previous day's stream
+            if day > finished or trainer.step % steps_per_day == 0:
+                trainer.reset_train_iterator()  # day t's impressions, not the previous day's
+            # Else a preempted run resumes inside this day: `train` restores the position of
+            # this day's stream from the checkpoint, so the resumed day equals an unbroken one.
             logs = trainer.train((day + 1) * steps_per_day)
             if evaluate:
                 day_results = trainer.evaluate()
@@ -266,16 +270,29 @@ class RankingTask:
         """`serving_default`: every task's prediction and `ranking_score`, at position 0.
 
         Candidates are scored before they have a position, so the shallow tower gets
-        position 0 (no position penalty): the predictions are the debiased ones.
+        position 0 (no position penalty): the predictions are the debiased ones. The three
+        inputs must describe the same candidates (as many rows each).
         """
         weights = dict(self.config.model.score_weights)
 
         def serve(inputs):
+            inputs = gate(inputs, [same_rows_check(SERVING_DEFAULT, inputs, SERVING_FEATURES)])
             inputs = {**inputs, POSITION: tf.zeros(tf.shape(inputs[VIDEO_AGE])[:1], tf.int32)}
             predictions = model.serve(inputs)
             return {**predictions, RANKING_SCORE: weighted_sum(predictions, weights)}
 
         return serve
+
+    def extra_endpoints(self, model: MultiTaskModel) -> dict:
+        """`task_score`: one task's debiased prediction per candidate (see `task_score`)."""
+        return task_score_endpoint(self.serve_fn(model), self.input_signature(), self.tasks)
+
+    def serving_examples(self, num: int) -> dict[str, dict[str, np.ndarray]]:
+        """`{signature: inputs}` of the first `num` impressions of the evaluation day."""
+        check_positive_int("num", num)
+        features, _ = self.day(self.eval_day).impressions()
+        inputs = {k: features[k][:num].astype(np.float32) for k in SERVING_FEATURES}
+        return {SERVING_DEFAULT: inputs, **task_score_examples(inputs, self.tasks)}
 
 
 def _in_batches(fn, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -2,9 +2,20 @@
 
 `train_loop_begin` resets the metrics, `train_step(iterator)` runs one distributed step,
 `_train_loop` runs `steps_per_loop` of them inside one `tf.function` with `tf.range` (one trace
-for the whole run), and `train_loop_end` reads the metrics. Between loops, and only there, the
-loop writes TensorBoard summaries, checks that nothing became non-finite, saves checkpoints and
-evaluates. Numpy never runs inside the compiled steps.
+for the whole run, one host call per loop: what TPUs need), and `train_loop_end` reads the
+metrics. Between loops, and only there, the loop writes TensorBoard summaries, checks that
+nothing became non-finite, saves checkpoints, evaluates and answers termination signals. Numpy
+never runs inside the compiled steps.
+
+Non-finite steps (`tf_mtml.train.nonfinite`): the optimizer never applies non-finite gradients;
+`trainer.nan_policy=stop` ends the loop at that step and raises, `skip` logs and goes on.
+Neither ever checkpoints a non-finite variable.
+
+Multi-worker: every worker runs the same loop (checkpoints and evaluation are collectives);
+the chief writes to `model_dir`, the other workers write their checkpoints to
+`model_dir/workers/worker_<id>/` (kept, one checkpoint, so their copies can be compared) and
+no summaries. Every worker restores from `model_dir`, which must therefore be shared storage
+(GCS, NFS) in a real cluster.
 """
 
 from __future__ import annotations
@@ -21,6 +32,8 @@ import tensorflow as tf
 from absl import logging
 
 from tf_mtml.configs.experiment import OptimizerConfig, TrainerConfig
+from tf_mtml.train.nonfinite import NonFiniteGuard, build_guarded_optimizer
+from tf_mtml.train.preemption import PreemptionWatcher, TrainingPreempted
 
 
 class Task(Protocol):
@@ -39,16 +52,26 @@ class Task(Protocol):
                         loss_metric: keras.metrics.Metric) -> None: ...
 
 
-def build_optimizer(config: OptimizerConfig, mixed_float16: bool = False):
-    """A Keras optimizer from its config; wrapped in a LossScaleOptimizer for float16."""
+def build_optimizer(config: OptimizerConfig, mixed_float16: bool = False,
+                    guard: NonFiniteGuard | None = None):
+    """A Keras optimizer from its config.
+
+    With `guard`, the optimizer skips (and records in `guard`) every step whose gradients are
+    not finite. For float16 it is wrapped in a `LossScaleOptimizer`, which already skips such
+    steps (they are how it finds its loss scale), so `guard` is not used there.
+    """
     classes = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW,
                "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}
     learning_rate = config.learning_rate
     if config.decay_steps:
         learning_rate = keras.optimizers.schedules.ExponentialDecay(
             config.learning_rate, config.decay_steps, config.decay_rate, staircase=True)
-    optimizer = classes[config.name](learning_rate=learning_rate, clipnorm=config.clipnorm)
-    return keras.optimizers.LossScaleOptimizer(optimizer) if mixed_float16 else optimizer
+    kwargs = {"learning_rate": learning_rate, "clipnorm": config.clipnorm}
+    if mixed_float16:
+        return keras.optimizers.LossScaleOptimizer(classes[config.name](**kwargs))
+    if guard is not None:
+        return build_guarded_optimizer(classes[config.name], guard, **kwargs)
+    return classes[config.name](**kwargs)
 
 
 def metric_results(metrics: list[keras.metrics.Metric]) -> dict[str, float]:
@@ -80,16 +103,19 @@ class Trainer:
         self.task, self.strategy, self.config, self.model_dir = task, strategy, config, model_dir
         with strategy.scope():
             self.model = task.build_model()
-            self.optimizer = build_optimizer(config.optimizer, mixed_float16)
-            self.optimizer.build(self.model.trainable_variables)
-            self.loss_metric = keras.metrics.Mean(name="loss")
             self.global_step = tf.Variable(
                 0, dtype=tf.int64, trainable=False, name="global_step",
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
-                                              global_step=self.global_step)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, model_dir,
-                                                  max_to_keep=config.max_to_keep)
+            self.guard = NonFiniteGuard(config.nan_policy, self.global_step)
+            self.optimizer = build_optimizer(config.optimizer, mixed_float16, self.guard)
+            self.optimizer.build(self.model.trainable_variables)
+            self.loss_metric = keras.metrics.Mean(name="loss")
+        self.checkpoint = tf.train.Checkpoint(**self._checkpointed())
+        self.is_chief = _is_chief(strategy)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, model_dir if self.is_chief else _worker_dir(model_dir, strategy),
+            max_to_keep=config.max_to_keep if self.is_chief else 1)
+        self.preemption = PreemptionWatcher()
         self._train_loop_fn = tf.function(self._train_loop)
         self._eval_step_fn = tf.function(self._eval_step)
         self._writers: dict[str, tf.summary.SummaryWriter] = {}
@@ -113,12 +139,25 @@ class Trainer:
     def _train_loop(self, iterator, num_steps) -> None:
         for _ in tf.range(num_steps):
             self.train_step(iterator)
+            if self.guard.should_stop():  # nan_policy=stop: nothing runs after a bad step
+                break
 
     def train_loop_end(self) -> dict[str, float]:
         return metric_results(self.metrics)
 
     def _eval_step(self, inputs) -> None:
         self.strategy.run(self.task.validation_step, args=(inputs, self.model, self.loss_metric))
+
+    def _checkpointed(self) -> dict:
+        """What every checkpoint holds, besides the input position.
+
+        `model_variables` lists every model variable again: Keras' `SeedGenerator` states
+        (expert dropout, dropout) are model variables that TF's object graph does not reach
+        from the model, so without it a resumed run would restart their random streams. A
+        variable reachable twice is stored once.
+        """
+        return {"model": self.model, "optimizer": self.optimizer,
+                "global_step": self.global_step, "model_variables": list(self.model.variables)}
 
     # ------------------------------------------------------------------------ public API
     @property
@@ -130,6 +169,11 @@ class Trainer:
         """Times the compiled training loop was traced (1 for a whole run)."""
         return self._train_loop_fn.experimental_get_tracing_count()
 
+    @property
+    def latest_checkpoint(self) -> str | None:
+        """The latest checkpoint in `model_dir` (the chief's, which every worker restores)."""
+        return tf.train.latest_checkpoint(self.model_dir)
+
     def restore(self) -> int:
         """Restores the latest checkpoint in `model_dir`, if any; returns the step.
 
@@ -137,61 +181,76 @@ class Trainer:
         changed between runs), the model, optimizer and step are restored and the input
         stream starts over, with a warning.
         """
+        path = self.latest_checkpoint
+        if not path:
+            return self.step
         try:
             if self._iterator is None:
-                # Evaluation and export: the checkpointed input position is not needed.
-                path = self.manager.latest_checkpoint
-                if path:
-                    self.checkpoint.restore(path).expect_partial()
+                # Evaluation, export, or a schedule about to read new inputs: everything but
+                # the input position. A separate root object on purpose: restoring through
+                # `self.checkpoint` would leave the checkpointed iterator pending there, and
+                # TF would silently apply its position to the next iterator attached (another
+                # day's stream, which then skipped batches).
+                tf.train.Checkpoint(**self._checkpointed()).restore(path).expect_partial()
             else:
-                path = self.manager.restore_or_initialize()
+                self.checkpoint.restore(path)
         except tf.errors.NotFoundError as e:
             if self._iterator is None or "iterator" not in str(e):
                 raise
-            path = self.manager.latest_checkpoint
             logging.warning(
                 "The input pipeline differs from the one checkpointed in %s, so its position "
                 "cannot be restored; the model, optimizer and step are, and the input stream "
                 "starts from its beginning.", path)
-            tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
-                                global_step=self.global_step).restore(path).expect_partial()
+            tf.train.Checkpoint(**self._checkpointed()).restore(path).expect_partial()
             # The failed deserialization cancelled the iterator: start a fresh one.
             self.reset_train_iterator()
             self._train_iterator()
-        if path:
-            logging.info("Restored %s (step %d).", path, self.step)
+        logging.info("Restored %s (step %d).", path, self.step)
         return self.step
 
     def train(self, train_steps: int, eval_fn: Callable[[], dict] | None = None) -> dict:
-        """Trains until the global step reaches `train_steps`; resumes from a checkpoint."""
+        """Trains until the global step reaches `train_steps`; resumes from a checkpoint.
+
+        Raises:
+            TrainingPreempted: After checkpointing, when a termination signal (SIGTERM) arrived
+                (on any worker); the same call in a new process resumes from that checkpoint.
+            FloatingPointError: Under `trainer.nan_policy=stop`, at the first step whose loss
+                or gradients are not finite (named with the tasks concerned); nothing from that
+                step on is checkpointed.
+        """
         if not self._fresh_input:
+            if self.is_chief:
+                _remove_partial_checkpoints(self.model_dir)
             self._train_iterator()  # part of the checkpoint before restoring: resumes its position
             self.restore()
         iterator = self._train_iterator()
         self._fresh_input = False
-        progbar = keras.utils.Progbar(train_steps, stateful_metrics=None) if _interactive() \
-            else None
+        progbar = keras.utils.Progbar(train_steps, stateful_metrics=None) \
+            if _interactive() and self.is_chief else None
         logs: dict[str, float] = {}
-        while self.step < train_steps:
-            num_steps = min(self.config.steps_per_loop, train_steps - self.step)
-            self.train_loop_begin()
-            self._train_loop_fn(iterator, tf.constant(num_steps, tf.int32))
-            logs = self.train_loop_end()
-            self._check_finite(logs)
-            hook = getattr(self.task, "after_train_loop", None)
-            if hook is not None:  # e.g. warnings about polarised or unused experts
-                hook(logs)
-            self.write_summaries("train", logs)
-            if progbar is not None:
-                progbar.update(self.step, values=[(k, v) for k, v in logs.items()
-                                                  if "/" not in k or k.endswith("loss")])
-            else:
-                logging.info("step %d/%d: %s", self.step, train_steps, _format(logs))
-            if self.step % self.config.checkpoint_interval == 0 or self.step >= train_steps:
-                self.save()
-            if eval_fn is not None and (self.step % self.config.validation_interval == 0
-                                        or self.step >= train_steps):
-                eval_fn()
+        with self.preemption:
+            while self.step < train_steps:
+                num_steps = min(self.config.steps_per_loop, train_steps - self.step)
+                self.train_loop_begin()
+                self._train_loop_fn(iterator, tf.constant(num_steps, tf.int32))
+                logs = self.train_loop_end()
+                self._check_finite(logs)
+                hook = getattr(self.task, "after_train_loop", None)
+                if hook is not None:  # e.g. warnings about polarised or unused experts
+                    hook(logs)
+                self.write_summaries("train", logs)
+                if progbar is not None:
+                    progbar.update(self.step, values=[(k, v) for k, v in logs.items()
+                                                      if "/" not in k or k.endswith("loss")])
+                else:
+                    logging.info("step %d/%d: %s", self.step, train_steps, _format(logs))
+                if self.preemption.any_worker_received(self.strategy):
+                    raise TrainingPreempted(self.step, self.save())
+                if self.step % self.config.checkpoint_interval == 0 or self.step >= train_steps:
+                    self.save()
+                if eval_fn is not None and (self.step % self.config.validation_interval == 0
+                                            or self.step >= train_steps):
+                    eval_fn()
         return logs
 
     def reset_train_iterator(self) -> None:
@@ -201,8 +260,6 @@ class Trainer:
         on day t, then on day t + 1): the position of the previous stream is neither kept nor
         restored into the new one, and that `train` call continues from the weights in memory
         without restoring the checkpoint (the caller restores once, before its schedule).
-        Restoring here made a MirroredStrategy run diverge from the single-device one
-        (tests/tasks/test_ranking_distributed.py); the cause is not understood yet.
         """
         self._iterator = None
         self._fresh_input = True
@@ -252,19 +309,30 @@ class Trainer:
         return results
 
     def save(self) -> str:
-        """Checkpoints, after checking that every variable is finite."""
+        """Checkpoints, after checking that every variable is finite; returns the path.
+
+        The checkpoint's files are complete before the `checkpoint` index file names them
+        (TF writes them first, then replaces the index atomically), so a process killed at
+        any moment leaves the previous checkpoint restorable.
+        """
         bad = [v.path for v in self.model.variables
                if not np.all(np.isfinite(keras.ops.convert_to_numpy(v)))]
         if bad:
             raise FloatingPointError(
                 f"Refusing to checkpoint step {self.step}: non-finite values in {bad[:5]}. "
-                f"The last good checkpoint ({self.manager.latest_checkpoint}) is kept."
+                f"The last good checkpoint ({self.latest_checkpoint}) is kept. Lower the "
+                "learning rate, set trainer.optimizer.clipnorm, or check the inputs (a "
+                "non-finite input batch poisons BatchNorm's moving statistics, which skipping "
+                "the step cannot undo)."
             )
         path = self.manager.save(checkpoint_number=self.step)
         logging.info("Saved checkpoint %s.", path)
         return path
 
     def write_summaries(self, name: str, values: dict[str, float]) -> None:
+        """Writes `values` as scalars under `model_dir/<name>/` (the chief only)."""
+        if not self.is_chief:
+            return
         if name not in self._writers:
             self._writers[name] = tf.summary.create_file_writer(os.path.join(self.model_dir, name))
         with self._writers[name].as_default(step=self.step):
@@ -277,14 +345,59 @@ class Trainer:
         self._writers[name].flush()
 
     def _check_finite(self, logs: dict[str, float]) -> None:
-        bad = {k: v for k, v in logs.items() if k.endswith("loss") and not math.isfinite(v)}
-        if bad:
+        """Applies `trainer.nan_policy` to the loop that just ran (see `NonFiniteGuard`)."""
+        bad_losses = {k: v for k, v in logs.items()
+                      if k.endswith("loss") and not math.isfinite(v)}
+        bad_steps = int(self.guard.bad_steps.numpy())
+        last_bad = int(self.guard.last_bad_step.numpy())
+        self.guard.reset()
+        tasks = sorted({k.rsplit("/", 1)[0] for k in bad_losses if "/" in k})
+        if tasks:
+            where = f"tasks with a non-finite loss in this loop: {tasks}"
+        else:
+            where = ("the loss" if bad_losses else "the gradients only") + " of this loop"
+        if bad_steps and self.guard.policy == "skip":
+            logging.warning(
+                "Skipped %d step(s) with non-finite gradients, the last at step %d (%s); their "
+                "updates were not applied (trainer.nan_policy=skip).", bad_steps, last_bad, where)
+            return
+        if bad_steps or bad_losses:
+            step = last_bad if bad_steps else self.step
             raise FloatingPointError(
-                f"Non-finite loss in the steps ending at step {self.step}: {bad}. Nothing was "
-                f"checkpointed; the last good checkpoint ({self.manager.latest_checkpoint}) is "
-                "kept. Lower the learning rate, set trainer.optimizer.clipnorm, or check the "
-                "labels of the tasks named above."
+                f"Non-finite loss or gradients at step {step} ({where}). The update was not "
+                f"applied and nothing was checkpointed; the last good checkpoint "
+                f"({self.latest_checkpoint}) is kept. Lower the learning rate, set "
+                "trainer.optimizer.clipnorm, check the labels of the tasks named above, or set "
+                "trainer.nan_policy=skip to skip such steps."
             )
+
+
+def _remove_partial_checkpoints(model_dir: str) -> None:
+    """Deletes the shard directories of checkpoint writes that a killed process left behind.
+
+    TF writes a checkpoint's shards to `<prefix>_temp/` and merges them into `<prefix>.index`
+    and `<prefix>.data-*` before the `checkpoint` file names it; a leftover `_temp` directory
+    is never referenced by any checkpoint.
+    """
+    for path in tf.io.gfile.glob(os.path.join(model_dir, "ckpt-*_temp")):
+        logging.info("Removing %s, left by an interrupted checkpoint write.", path)
+        tf.io.gfile.rmtree(path)
+
+
+def _is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes checkpoints to `model_dir` (as Keras' callbacks decide)."""
+    resolver = strategy.cluster_resolver
+    if not strategy.extended._in_multi_worker_mode() or resolver is None:  # noqa: SLF001
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type in (None, "chief"):
+        return True
+    return task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().jobs
+
+
+def _worker_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
+    resolver = strategy.cluster_resolver
+    return os.path.join(model_dir, "workers", f"{resolver.task_type}_{resolver.task_id}")
 
 
 def _interactive() -> bool:

@@ -6,11 +6,14 @@ import json
 import os
 
 import keras
+import tensorflow as tf
 from absl import logging
 
 from tf_mtml.configs.base import ConfigError
 from tf_mtml.configs.experiment import ExperimentConfig
+from tf_mtml.models.keras_file import save_keras_model
 from tf_mtml.serving.export import export_saved_model
+from tf_mtml.serving.models_config import check_model_name, write_models_config
 from tf_mtml.tasks.factory import build_task
 from tf_mtml.train.distribute import get_strategy
 from tf_mtml.train.loop import Trainer
@@ -18,18 +21,20 @@ from tf_mtml.train.loop import Trainer
 MODES = ("train", "eval", "train_and_eval", "export")
 PARAMS_FILE = "params.yaml"
 EVAL_RESULTS_FILE = "eval_results.json"
+KERAS_FILE = "model.keras"
 
 
 def _atomic_write(path: str, text: str) -> None:
+    """Writes `text` to a temporary sibling, then renames it (`tf.io.gfile`: local or gs://)."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
+    with tf.io.gfile.GFile(tmp, "w") as f:
         f.write(text)
-    os.replace(tmp, path)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def write_params(params: ExperimentConfig, model_dir: str) -> str:
     """Writes the frozen config to `model_dir/params.yaml`."""
-    os.makedirs(model_dir, exist_ok=True)
+    tf.io.gfile.makedirs(model_dir)
     path = os.path.join(model_dir, PARAMS_FILE)
     _atomic_write(path, params.to_yaml())
     return path
@@ -43,25 +48,56 @@ def write_eval_results(results: dict[str, float], step: int, model_dir: str) -> 
 
 
 def build_trainer(params: ExperimentConfig, model_dir: str) -> Trainer:
-    """Sets precision, builds the strategy, then the task, model and optimizer in its scope."""
+    """Sets precision (and determinism), builds the strategy, then the task, model and
+    optimizer in its scope."""
     keras.mixed_precision.set_global_policy(params.runtime.mixed_precision_dtype)
+    if params.runtime.deterministic:
+        tf.config.experimental.enable_op_determinism()
     strategy = get_strategy(params.runtime.strategy, params.runtime.tpu,
                             params.runtime.num_cpu_devices)
     return Trainer(build_task(params), strategy, params.trainer, model_dir,
                    mixed_float16=params.runtime.mixed_precision_dtype == "mixed_float16")
 
 
-def export_model(trainer: Trainer, model_dir: str) -> str:
-    """Exports the trainer's model to `model_dir/export/<version>/` for TF Serving."""
-    task = trainer.task
-    extra = task.extra_endpoints(trainer.model) if hasattr(task, "extra_endpoints") else None
-    return export_saved_model(trainer.model, os.path.join(model_dir, "export"),
-                              input_signature=task.input_signature(),
-                              serve_fn=task.serve_fn(trainer.model), extra_endpoints=extra)
+def export_model(trainer: Trainer, model_dir: str, model_name: str | None = None,
+                 num_warmup_examples: int = 4) -> str:
+    """Exports the trainer's model to `model_dir/export/<version>/` for TF Serving.
+
+    The version holds `serving_default`, the task's extra signatures and a warmup file of
+    `num_warmup_examples` real examples per signature (`task.serving_examples`);
+    `model_dir/export/models.config` then serves the export base as `model_name`.
+
+    Args:
+        trainer: The trainer holding the task and the (restored) model.
+        model_dir: The run's directory.
+        model_name: The served model name, normally the experiment name; defaults to the
+            base name of `model_dir`.
+        num_warmup_examples: Rows per warmup request (a few real rows: cheap to replay).
+
+    Returns:
+        The path of the written version directory.
+    """
+    task, model = trainer.task, trainer.model
+    export_base = os.path.join(model_dir, "export")
+    model_name = check_model_name(model_name or os.path.basename(os.path.abspath(model_dir)))
+    extra = task.extra_endpoints(model) if hasattr(task, "extra_endpoints") else None
+    path = export_saved_model(model, export_base, input_signature=task.input_signature(),
+                              serve_fn=task.serve_fn(model), extra_endpoints=extra,
+                              warmup_examples=task.serving_examples(num_warmup_examples),
+                              model_name=model_name)
+    write_models_config(export_base, model_name)
+    return path
 
 
-def run_experiment(params: ExperimentConfig, mode: str, model_dir: str) -> dict:
-    """Runs `mode`; returns `{"train": logs, "eval": results, "export_dir": path}` (as run)."""
+def run_experiment(params: ExperimentConfig, mode: str, model_dir: str,
+                   experiment: str | None = None) -> dict:
+    """Runs `mode`; returns `{"train": logs, "eval": results, "export_dir": path,
+    "keras_file": path}` (as run).
+
+    `experiment` names the served model in `export/models.config` (default: the base name of
+    `model_dir`). Export also writes `model_dir/model.keras`, which loads with
+    `safe_mode=True` (`tf_mtml.models.keras_file.load_keras_model`).
+    """
     if mode not in MODES:
         raise ConfigError(f"Unknown --mode={mode!r}; expected one of {MODES}.")
     params.validate()
@@ -91,6 +127,16 @@ def run_experiment(params: ExperimentConfig, mode: str, model_dir: str) -> dict:
     if mode == "eval":
         evaluate()
     else:
-        outputs["export_dir"] = export_model(trainer, model_dir)
-        logging.info("Exported SavedModel to %s", outputs["export_dir"])
+        if "://" in model_dir:
+            raise ValueError(
+                f"--mode=export needs a local --model_dir (received {model_dir!r}): a version "
+                "appears atomically only through a POSIX rename, so a polling TF Serving never "
+                "loads half a version. Copy the run first (e.g. `gcloud storage cp -r "
+                f"{model_dir} /tmp/run`), export there, then copy `export/` to the serving "
+                "bucket with a version number TF Serving does not yet watch.")
+        outputs["export_dir"] = export_model(trainer, model_dir, model_name=experiment)
+        outputs["keras_file"] = save_keras_model(trainer.model,
+                                                 os.path.join(model_dir, KERAS_FILE))
+        logging.info("Exported SavedModel to %s and %s", outputs["export_dir"],
+                     outputs["keras_file"])
     return outputs

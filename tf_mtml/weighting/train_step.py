@@ -16,6 +16,7 @@ import tensorflow as tf
 from keras import ops
 
 from tf_mtml.layers.mmoe import MMoE
+from tf_mtml.train.nonfinite import apply_gradients
 from tf_mtml.weighting.diagnostics import pairwise_cosine
 from tf_mtml.weighting.gradient_methods import GradientWeighting
 from tf_mtml.weighting.gradnorm import GradNorm
@@ -195,7 +196,22 @@ def multitask_train_step(model: keras.Model, optimizer: keras.optimizers.Optimiz
         _check_shared(task_grads.shared, "Gradient diagnostics",
                       "set `task.model.gradient_diagnostics=false`")
         diagnostics.update_state(pairwise_cosine(task_grads.on_shared()), global_losses)
-    optimizer.apply_gradients(zip(grads, variables, strict=True))
+    apply_gradients(optimizer, zip(grads, variables, strict=True), loss)
     if stateful:
-        weighting.update_weights(global_losses)
+        _update_weights_if_finite(weighting, global_losses)
     return loss, y_pred
+
+
+def _update_weights_if_finite(weighting, global_losses) -> None:
+    """`weighting.update_weights`, undone when a task loss is not finite.
+
+    The optimizer skips such a step (`tf_mtml.train.nonfinite`); the weighting's state (DWA's
+    loss history, GradNorm's initial losses, RLW's draw counter) must skip it too, or one NaN
+    would poison every later weight. Assigning the old values back avoids a `cond`, which
+    cannot hold cross-replica variable updates in replica context.
+    """
+    finite = ops.all(ops.isfinite(global_losses))
+    before = [tf.identity(v.value) for v in weighting.variables]  # copies, not aliases
+    weighting.update_weights(global_losses)
+    for variable, old in zip(weighting.variables, before, strict=True):
+        variable.assign(ops.where(finite, variable.value, old))
