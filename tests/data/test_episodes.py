@@ -299,3 +299,17 @@ def test_class_datasets_from_files_errors(tmp_path):
 
     with pytest.raises(ValueError, match="static shape.*ensure_shape"):
         class_datasets_from_files(files, unknown_shape)
+
+
+def test_first_episode_starts_the_endless_stream_there():
+    data = ClassIndexedData(np.arange(40.0)[:, None], np.arange(40) // 4)
+    whole = list(episode_dataset(data, 3, 1, 2, meta_batch_size=2, seed=5).take(4))
+    later = list(episode_dataset(data, 3, 1, 2, meta_batch_size=2, seed=5,
+                                 first_episode=4).take(2))
+    for a, b in zip(whole[2:], later, strict=True):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    with pytest.raises(ValueError, match=r"first_episode=-1"):
+        episode_dataset(data, 3, 1, 2, seed=5, first_episode=-1)
+    with pytest.raises(ValueError, match=r"finite set \(num_episodes=4\).*first_episode=2"):
+        episode_dataset(data, 3, 1, 2, seed=5, num_episodes=4, first_episode=2)

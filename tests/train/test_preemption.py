@@ -84,7 +84,7 @@ def _final_variables(model_dir):
 
 @pytest.mark.slow
 def test_trainer_process_exits_0_on_sigterm_and_a_restart_finishes_identically(tmp_path):
-    steps = 3000
+    steps = 1000
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     split = tmp_path / "split"
     process = subprocess.Popen(_train_command(split, steps), cwd=REPO, env=env,

@@ -39,6 +39,7 @@ def episode_dataset(
     seed: int = 0,
     rotations: bool = False,
     num_episodes: int | None = None,
+    first_episode: int = 0,
 ) -> tf.data.Dataset:
     """Episodes sampled from in-memory data with stateless random ops.
 
@@ -56,6 +57,8 @@ def episode_dataset(
             makes three more classes, as in the Omniglot protocol of Santoro et al. 2016
             (https://arxiv.org/abs/1605.06065). Needs square images `(M, H, H, C)`.
         num_episodes: number of episodes (a multiple of `B`); `None` repeats forever.
+        first_episode: index of the first episode of an endless stream: the stream from
+            episode `i` on, in O(1) (how a resumed training run continues its input).
 
     Returns:
         A `tf.data.Dataset` of dicts: `support_x` float32 `(B, N*K, *example_shape)`,
@@ -110,7 +113,7 @@ def episode_dataset(
             blocks = _rotate(blocks, pool_ids % NUM_ROTATIONS)
         return _episode(blocks, num_shots)
 
-    return indexed_episodes(sample, num_episodes, meta_batch_size)
+    return indexed_episodes(sample, num_episodes, meta_batch_size, first_episode)
 
 
 def streaming_episode_dataset(
@@ -259,10 +262,21 @@ def _class_chunks(dataset: tf.data.Dataset, buffer_size: int, chunk: int,
 
 
 def indexed_episodes(
-    sample: Callable[[tf.Tensor], dict], num_episodes: int | None, meta_batch_size: int | None
+    sample: Callable[[tf.Tensor], dict], num_episodes: int | None, meta_batch_size: int | None,
+    first_episode: int = 0,
 ) -> tf.data.Dataset:
-    """Episodes `sample(i)` for `i = 0, 1, ...` (int64), mapped in parallel and batched."""
-    indices = (tf.data.Dataset.counter() if num_episodes is None
+    """Episodes `sample(i)` for `i = first_episode, ...` (int64), mapped in parallel, batched.
+
+    A finite `num_episodes` (an evaluation set) always starts at episode 0.
+    """
+    if isinstance(first_episode, bool) or not isinstance(first_episode, int) \
+            or first_episode < 0 or (first_episode and num_episodes is not None):
+        raise ValueError(
+            "Received an invalid value for `first_episode`, expected an integer >= 0, and 0 "
+            f"for a finite set (num_episodes={num_episodes}). Received: "
+            f"first_episode={first_episode!r}"
+        )
+    indices = (tf.data.Dataset.counter(start=first_episode) if num_episodes is None
                else tf.data.Dataset.range(num_episodes))
     episodes = indices.map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return _batch(episodes, meta_batch_size)

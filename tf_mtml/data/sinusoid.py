@@ -28,6 +28,7 @@ def sinusoid_episode_dataset(
     amplitude_range: tuple[float, float] = (0.1, 5.0),
     phase_range: tuple[float, float] = (0.0, math.pi),
     x_range: tuple[float, float] = (-5.0, 5.0),
+    first_episode: int = 0,
 ) -> tf.data.Dataset:
     """Episodes of sinusoid regression tasks.
 
@@ -40,6 +41,7 @@ def sinusoid_episode_dataset(
         amplitude_range: `(low, high)` of the uniform amplitude `A`, `0 <= low <= high`.
         phase_range: `(low, high)` of the uniform phase.
         x_range: `(low, high)` of the uniform inputs.
+        first_episode: index of the first episode of an endless stream (O(1) resume).
 
     Returns:
         A `tf.data.Dataset` of dicts: `support_x`, `support_y` float32 `(B, K, 1)`, `query_x`,
@@ -79,7 +81,7 @@ def sinusoid_episode_dataset(
             AMPLITUDE: amplitude, PHASE: phase,
         }
 
-    return indexed_episodes(sample, num_episodes, meta_batch_size)
+    return indexed_episodes(sample, num_episodes, meta_batch_size, first_episode)
 
 
 def _check_range(arg: str, value) -> tuple[float, float]:

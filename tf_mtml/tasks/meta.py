@@ -64,12 +64,14 @@ class MetaLearningTask:
             return (1,)
         return (data.image_size, data.image_size, 1)
 
-    def _episodes(self, training: bool) -> tuple[tf.data.Dataset, int]:
+    def _episodes(self, training: bool, start_step: int = 0) -> tuple[tf.data.Dataset, int]:
         data = self.config.data
+        first_episode = 0
         if training:
             ways, shots, queries, batch = (data.num_ways, data.num_shots, data.num_queries,
                                            data.meta_batch_size)
             num_episodes, seed = None, data.episode_seed
+            first_episode = start_step * batch
         else:
             ways, shots, queries, batch = (data.eval_ways, data.eval_shots, data.eval_queries,
                                            data.eval_batch_size)
@@ -77,23 +79,27 @@ class MetaLearningTask:
             seed = data.episode_seed + 1_000_003  # never the training stream
         if data.source == "sinusoid":
             dataset = sinusoid_episode_dataset(shots, queries, meta_batch_size=batch, seed=seed,
-                                               num_episodes=num_episodes)
+                                               num_episodes=num_episodes,
+                                               first_episode=first_episode)
             dataset = dataset.map(lambda e: {k: e[k] for k in EPISODE_KEYS})
         else:
             split = data.train_split if training else data.eval_split
             dataset = episode_dataset(self.classes(split), ways, shots, queries,
                                       meta_batch_size=batch, seed=seed,
-                                      rotations=data.rotations, num_episodes=num_episodes)
+                                      rotations=data.rotations, num_episodes=num_episodes,
+                                      first_episode=first_episode)
         return dataset, batch
 
     def build_inputs(self, training: bool,
-                     input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+                     input_context: tf.distribute.InputContext | None = None,
+                     start_step: int = 0) -> tf.data.Dataset:
         """Meta-batches of episodes, split across replicas (see `shard_global_batches`).
 
-        Training streams are infinite; evaluation is a fixed set of
+        Training streams are infinite and start at the meta-batch of step `start_step` (in
+        O(1): episodes are indexed; how the trainer resumes); evaluation is a fixed set of
         `ceil(eval_episodes / eval_meta_batch) * eval_meta_batch` episodes on `eval_split`.
         """
-        dataset, batch = self._episodes(training)
+        dataset, batch = self._episodes(training, start_step)
         key = "task.data.meta_batch_size" if training else "task.data.eval_meta_batch_size"
         dataset = shard_global_batches(dataset, batch, input_context, config_key=key)
         return dataset.prefetch(tf.data.AUTOTUNE)

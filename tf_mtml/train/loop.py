@@ -20,6 +20,7 @@ no summaries. Every worker restores from `model_dir`, which must therefore be sh
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import sys
@@ -37,7 +38,11 @@ from tf_mtml.train.preemption import PreemptionWatcher, TrainingPreempted
 
 
 class Task(Protocol):
-    """What the loop needs from an experiment's task family (see `tf_mtml.tasks`)."""
+    """What the loop needs from an experiment's task family (see `tf_mtml.tasks`).
+
+    `build_inputs` may also take `start_step: int` (its training stream from that step on,
+    in O(1)); a resumed distributed run then starts there instead of skipping batches.
+    """
 
     def build_model(self) -> keras.Model: ...
 
@@ -106,6 +111,11 @@ class Trainer:
             self.global_step = tf.Variable(
                 0, dtype=tf.int64, trainable=False, name="global_step",
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            # The step at which the current input stream started (a schedule starts one per
+            # day): a resumed run skips `global_step - input_start_step` steps of it.
+            self.input_start_step = tf.Variable(
+                0, dtype=tf.int64, trainable=False, name="input_start_step",
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
             self.guard = NonFiniteGuard(config.nan_policy, self.global_step)
             self.optimizer = build_optimizer(config.optimizer, mixed_float16, self.guard)
             self.optimizer.build(self.model.trainable_variables)
@@ -157,7 +167,8 @@ class Trainer:
         variable reachable twice is stored once.
         """
         return {"model": self.model, "optimizer": self.optimizer,
-                "global_step": self.global_step, "model_variables": list(self.model.variables)}
+                "global_step": self.global_step, "input_start_step": self.input_start_step,
+                "model_variables": list(self.model.variables)}
 
     # ------------------------------------------------------------------------ public API
     @property
@@ -204,6 +215,7 @@ class Trainer:
             tf.train.Checkpoint(**self._checkpointed()).restore(path).expect_partial()
             # The failed deserialization cancelled the iterator: start a fresh one.
             self.reset_train_iterator()
+            self.input_start_step.assign(self.step)
             self._train_iterator()
         logging.info("Restored %s (step %d).", path, self.step)
         return self.step
@@ -218,12 +230,13 @@ class Trainer:
                 or gradients are not finite (named with the tasks concerned); nothing from that
                 step on is checkpointed.
         """
-        if not self._fresh_input:
+        if self._fresh_input:
+            self.input_start_step.assign(self.step)
+            iterator = self._train_iterator()
+        else:
             if self.is_chief:
                 _remove_partial_checkpoints(self.model_dir)
-            self._train_iterator()  # part of the checkpoint before restoring: resumes its position
-            self.restore()
-        iterator = self._train_iterator()
+            iterator = self._resumed_train_iterator()
         self._fresh_input = False
         progbar = keras.utils.Progbar(train_steps, stateful_metrics=None) \
             if _interactive() and self.is_chief else None
@@ -266,11 +279,13 @@ class Trainer:
         if hasattr(self.checkpoint, "train_iterator"):
             del self.checkpoint.train_iterator
 
-    def _train_iterator(self):
-        """The training iterator, created once and checkpointed with the model.
+    def _train_iterator(self, skip_steps: int = 0):
+        """The training iterator, created once (`skip_steps` into its stream) and reused.
 
-        Its position is part of every checkpoint, so a resumed run (or a second `train` call)
-        continues the input stream where it stopped instead of replaying it from the start.
+        With the default strategy the iterator is a `tf.data` iterator, checkpointed with the
+        model (its position is restored exactly and cheaply). A distributed iterator
+        (`MirroredStrategy`, multi-worker, TPU) cannot be checkpointed; the position is then
+        restored by skipping (`_resumed_train_iterator`).
         """
         if self._iterator is None:
             # Per-epoch shuffles draw from fixed seeds (seed + epoch), which tf.data reports
@@ -279,11 +294,44 @@ class Trainer:
             options = tf.data.Options()
             options.experimental_external_state_policy = (
                 tf.data.experimental.ExternalStatePolicy.IGNORE)
-            dataset = self.strategy.distribute_datasets_from_function(
-                lambda ctx: self.task.build_inputs(True, ctx).with_options(options))
-            self._iterator = iter(dataset)
-            self.checkpoint.train_iterator = self._iterator
+
+            def dataset_fn(ctx):
+                if skip_steps and _accepts_start_step(self.task.build_inputs):
+                    # The task starts its stream at a step directly (indexed episodes).
+                    return self.task.build_inputs(True, ctx, start_step=skip_steps) \
+                        .with_options(options)
+                dataset = self.task.build_inputs(True, ctx).with_options(options)
+                if skip_steps:
+                    # Each pipeline yields one batch per local replica and step.
+                    dataset = dataset.skip(
+                        skip_steps * (ctx.num_replicas_in_sync // ctx.num_input_pipelines))
+                return dataset
+
+            self._iterator = iter(self.strategy.distribute_datasets_from_function(dataset_fn))
+            if isinstance(self._iterator, tf.__internal__.tracking.Trackable):
+                self.checkpoint.train_iterator = self._iterator
         return self._iterator
+
+    def _resumed_train_iterator(self):
+        """Restores the latest checkpoint and returns the iterator at its input position.
+
+        A checkpointable iterator gets its saved state. Otherwise the model, optimizer and
+        step are restored and a new iterator skips the `step - input_start_step` steps
+        already trained on this stream: every task's stream is the same each time it is
+        built (seeded), so skipping reproduces the position exactly. A task whose
+        `build_inputs` takes `start_step` starts there directly (meta-learning: O(1));
+        others re-read the skipped batches (`Dataset.skip` computes them).
+        """
+        iterator = self._train_iterator()
+        if isinstance(iterator, tf.__internal__.tracking.Trackable):
+            self.restore()
+            return self._iterator  # a changed pipeline makes `restore` start a fresh one
+        self._iterator = None
+        self.restore()
+        skip = self.step - int(self.input_start_step.numpy())
+        if skip:
+            logging.info("Skipping the %d steps of input already trained on.", skip)
+        return self._train_iterator(skip_steps=skip)
 
     def evaluate(self, steps: int = -1) -> dict[str, float]:
         """Evaluates on the task's evaluation inputs; writes eval summaries.
@@ -370,6 +418,10 @@ class Trainer:
                 "trainer.optimizer.clipnorm, check the labels of the tasks named above, or set "
                 "trainer.nan_policy=skip to skip such steps."
             )
+
+
+def _accepts_start_step(build_inputs) -> bool:
+    return "start_step" in inspect.signature(build_inputs).parameters
 
 
 def _remove_partial_checkpoints(model_dir: str) -> None:
