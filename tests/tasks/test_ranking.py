@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import signal
 
 import keras
 import numpy as np
@@ -16,7 +17,7 @@ from tf_mtml.serving.session_loader import serve_in_fresh_process
 from tf_mtml.tasks.factory import build_task
 from tf_mtml.tasks.ranking import RANKING_SCORE, SERVING_FEATURES, RankingTask, ndcg
 from tf_mtml.train.preemption import TrainingPreempted
-from tf_mtml.train.run import EVAL_RESULTS_FILE, build_trainer, export_model
+from tf_mtml.train.run import EVAL_RESULTS_FILE, build_trainer, export_model, run_experiment
 
 TASKS = ("click", "watch_time", "like", "rating")
 TINY = ("task.data.num_days=3,task.data.requests_per_day=40,task.data.num_users=30,"
@@ -227,3 +228,22 @@ def test_network_outputs_are_float32_under_mixed_precision():
     features, _ = task.day(0).impressions()
     outputs = task.build_network()(features)
     assert {k: v.dtype.name for k, v in outputs.items()} == {t: "float32" for t in TASKS}
+
+
+def test_sigterm_during_a_schedule_evaluation_checkpoints_after_the_next_loop(tmp_path,
+                                                                              monkeypatch):
+    # Day 0 trains steps 1-4, then evaluates on day 1: the signal arrives there, outside any
+    # training loop, and is answered after the first loop of day 1 (step 6).
+    evaluate_model = RankingTask.evaluate_model
+
+    def signalled_evaluation(self, model, strategy=None):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return evaluate_model(self, model, strategy)
+
+    monkeypatch.setattr(RankingTask, "evaluate_model", signalled_evaluation)
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingPreempted, match="step 6") as info:
+        run_experiment(_params(), "train_and_eval", str(tmp_path))
+    assert info.value.checkpoint.endswith("ckpt-6")
+    assert signal.getsignal(signal.SIGTERM) is previous
+    assert json.load(open(tmp_path / EVAL_RESULTS_FILE))["step"] == 4  # day 0's evaluation

@@ -112,3 +112,14 @@ def test_trainer_process_exits_0_on_sigterm_and_a_restart_finishes_identically(t
     assert set(resumed) == set(uninterrupted) and len(resumed) > 10
     for name, value in uninterrupted.items():
         np.testing.assert_array_equal(resumed[name], value, err_msg=name)
+
+
+def test_watcher_is_reentrant():
+    previous = signal.getsignal(signal.SIGTERM)
+    watcher = PreemptionWatcher()
+    with watcher:
+        installed = signal.getsignal(signal.SIGTERM)
+        with watcher:
+            assert signal.getsignal(signal.SIGTERM) is installed
+        assert signal.getsignal(signal.SIGTERM) is installed  # still watching
+    assert signal.getsignal(signal.SIGTERM) is previous

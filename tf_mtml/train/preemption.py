@@ -47,14 +47,20 @@ class PreemptionWatcher:
         self._signals = signals
         self._received: int | None = None
         self._previous: dict[int, object] = {}
+        self._depth = 0
 
     def __enter__(self) -> PreemptionWatcher:
-        if threading.current_thread() is threading.main_thread():
+        # Re-entrant: a schedule watches across its evaluations, `train` inside it again.
+        self._depth += 1
+        if self._depth == 1 and threading.current_thread() is threading.main_thread():
             for signum in self._signals:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc_info) -> None:
+        self._depth -= 1
+        if self._depth:
+            return
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()

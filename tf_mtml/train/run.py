@@ -112,8 +112,10 @@ def run_experiment(params: ExperimentConfig, mode: str, model_dir: str,
 
     if mode in ("train", "train_and_eval") and hasattr(trainer.task, "run_schedule"):
         # A task trained on a schedule (day by day, in temporal order) drives the trainer and
-        # writes its own per-phase eval_results.json.
-        outputs.update(trainer.task.run_schedule(trainer, evaluate=mode == "train_and_eval"))
+        # writes its own per-phase eval_results.json. A termination signal during an
+        # evaluation between phases is answered at the end of the next training loop.
+        with trainer.preemption:
+            outputs.update(trainer.task.run_schedule(trainer, evaluate=mode == "train_and_eval"))
         return outputs
     if mode in ("train", "train_and_eval"):
         outputs["train"] = trainer.train(params.trainer.train_steps,
