@@ -34,10 +34,8 @@ margin over Shared-Bottom (+0.0064 / +0.0011) does not appear at this budget and
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -49,6 +47,7 @@ import tensorflow as tf
 from absl import app, flags
 from sklearn.metrics import roc_auc_score
 
+from bench._common import machine_info
 from tf_mtml.configs import census_experiments
 from tf_mtml.configs.base import ConfigError
 from tf_mtml.configs.registry import get_experiment
@@ -137,17 +136,6 @@ def check_models(models: Sequence[str], group: int, data_dir: str = "") -> None:
     if problems:
         raise ConfigError(
             f"These models cannot run: {problems}. Leave them out of --models.")
-
-
-def machine_info() -> dict:
-    cpu_model = platform.processor() or "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu_model = names[0] if names else cpu_model
-    return {"cpu_model": cpu_model, "usable_cores": len(os.sched_getaffinity(0)),
-            "load_average_at_start": os.getloadavg(), "python": platform.python_version(),
-            "tensorflow": tf.__version__, "keras": keras.__version__,
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
 
 
 def run_benchmark(seeds: Sequence[int], models: Sequence[str] = MODELS, group: int = 1,

@@ -57,7 +57,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from bench.mmoe_synthetic import machine_info
+from bench._common import machine_info
 from tf_mtml.configs import experiments  # noqa: F401  (registers every experiment)
 from tf_mtml.configs.experiment import ExperimentConfig
 from tf_mtml.configs.registry import get_experiment

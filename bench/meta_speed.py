@@ -53,7 +53,7 @@ import tensorflow as tf
 from absl import app, flags
 from keras import ops
 
-from bench.mmoe_throughput import machine_info
+from bench._common import machine_info
 from tf_mtml.data.episodes import episode_dataset
 from tf_mtml.data.labelled import ClassIndexedData
 from tf_mtml.data.sinusoid import sinusoid_episode_dataset
@@ -680,7 +680,7 @@ def run_benchmark(config: BenchConfig) -> dict:
     workloads = ["maml_sinusoid", *(p.name for p in config.protonets)]
     report["all_targets_met"] = all(report[w]["targets_met"] for w in workloads)
     report["machine"] = {
-        **machine_info(),
+        **machine_info(with_torch=True),
         "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "load_average_1_5_15_before": load_before,
         "load_average_1_5_15_after": os.getloadavg(),

@@ -29,11 +29,9 @@ so least squares already reaches the noise floor at every correlation.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -44,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from bench._common import machine_info
 from tf_mtml.configs import multitask_experiments  # noqa: F401  (registers experiments)
 from tf_mtml.configs.registry import get_experiment
 from tf_mtml.tasks.factory import build_task
@@ -121,19 +120,6 @@ def paper_check(differences: dict[float, np.ndarray]) -> dict:
             "advantage_grows": grows,
             "advantage_growth_significant": bool(growth > NOISE_SE * _standard_error(change)),
             "holds": check["mmoe_not_worse_everywhere"] and grows}
-
-
-def machine_info() -> dict:
-    cpu_model = platform.processor() or "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu_model = names[0] if names else cpu_model
-    return {"cpu_model": cpu_model, "cpu_count": os.cpu_count(),
-            "usable_cores": len(os.sched_getaffinity(0)),
-            "load_average_at_start": os.getloadavg(), "platform": platform.platform(),
-            "python": platform.python_version(), "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
 
 
 def run_benchmark(seeds: Sequence[int], correlations: Sequence[float],

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -35,6 +33,7 @@ import tensorflow as tf
 from absl import app, flags
 from keras import ops
 
+from bench._common import machine_info
 from tf_mtml.layers.mmoe import MMoE
 from tf_mtml.layers.multi_head import TaskTowers
 
@@ -487,23 +486,6 @@ def evaluate(prefix: str, figures: dict, gemm_fp32: str, trainers: dict) -> dict
 # ----------------------------------------------------------------------------- report
 
 
-def machine_info() -> dict:
-    import torch
-
-    with open("/proc/cpuinfo") as f:
-        models = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    return {
-        "cpu_model": models[0] if models else "unknown",
-        "cores": len(os.sched_getaffinity(0)),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "torch": torch.__version__,
-        "torch_num_threads": torch.get_num_threads(),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
-
-
 def run_benchmark(config: BenchConfig) -> dict:
     """Runs every measurement and returns the report (JSON-ready)."""
     import torch
@@ -532,7 +514,7 @@ def run_benchmark(config: BenchConfig) -> dict:
     for prefix in ("ours", "ours_proposed"):
         report[prefix] = evaluate(prefix, figures, gemm_fp32, trainers)
     report["machine"] = {
-        **machine_info(),
+        **machine_info(with_torch=True),
         "load_average_1_5_15_before": load_before,
         "load_average_1_5_15_after": os.getloadavg(),
         "note": "shared machine: other processes may have run during the measurement; repeats"

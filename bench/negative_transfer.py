@@ -45,7 +45,7 @@ import keras
 import numpy as np
 from absl import app, flags
 
-from bench.mmoe_synthetic import machine_info
+from bench._common import machine_info
 from tf_mtml.configs import multitask_experiments  # noqa: F401  (registers experiments)
 from tf_mtml.configs.multitask import ARCHITECTURES
 from tf_mtml.configs.registry import get_experiment

@@ -45,7 +45,8 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from bench.mmoe_synthetic import machine_info, summarize
+from bench._common import machine_info
+from bench.mmoe_synthetic import summarize
 from tf_mtml.configs import multitask_experiments  # noqa: F401  (registers experiments)
 from tf_mtml.configs.registry import get_experiment
 from tf_mtml.tasks.factory import build_task

@@ -1,0 +1,38 @@
+"""What every benchmark report records about the machine it ran on."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import platform
+
+import keras
+import tensorflow as tf
+
+
+def machine_info(with_torch: bool = False) -> dict:
+    """CPU model and cores, load average, versions and date (UTC), JSON-ready.
+
+    Args:
+        with_torch: Also record the PyTorch version and its thread count (benches that time a
+            PyTorch peer).
+
+    Returns:
+        A dict for the report's `machine` entry.
+    """
+    cpu_model = platform.processor() or "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu_model = names[0] if names else cpu_model
+    info = {"cpu_model": cpu_model, "cpu_count": os.cpu_count(),
+            "usable_cores": len(os.sched_getaffinity(0)),
+            "load_average_at_start": os.getloadavg(), "platform": platform.platform(),
+            "python": platform.python_version(), "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    if with_torch:
+        import torch
+
+        info.update(torch=torch.__version__, torch_num_threads=torch.get_num_threads())
+    return info
