@@ -40,10 +40,8 @@ the OOD score (`ood/eval_outlier_fraction`) are 5.5 +- 1.2%, against 5% calibrat
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -53,6 +51,7 @@ import keras
 import tensorflow as tf
 from absl import app, flags
 
+from bench._common import machine_info
 from tf_mtml.configs import contrastive_experiments  # noqa: F401  (registers experiments)
 from tf_mtml.configs.registry import get_experiment
 from tf_mtml.data.digits import labelled_subset
@@ -142,7 +141,7 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def run_benchmark(seeds: int, train_steps: int | None = None, overrides: str = "") -> dict:
-    load_before = os.getloadavg()
+    machine = machine_info()
     start = time.perf_counter()
     runs = [run_seed(seed, train_steps, overrides) for seed in range(seeds)]
     return {
@@ -152,15 +151,7 @@ def run_benchmark(seeds: int, train_steps: int | None = None, overrides: str = "
         "summary": summarize(runs),
         "runs": runs,
         "total_seconds": time.perf_counter() - start,
-        "machine": {
-            "cores": len(os.sched_getaffinity(0)),
-            "python": platform.python_version(),
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "load_average_1_5_15_before": load_before,
-            "load_average_1_5_15_after": os.getloadavg(),
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        },
+        "machine": {**machine, "load_average_at_end": os.getloadavg()},
     }
 
 

@@ -27,10 +27,8 @@ reached 90.8 +- 0.5% (10.4 min of pretraining): accuracy is still rising at this
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -39,6 +37,7 @@ import keras
 import tensorflow as tf
 from absl import app, flags
 
+from bench._common import machine_info
 from tf_mtml.configs import contrastive_experiments  # noqa: F401  (registers experiments)
 from tf_mtml.configs.registry import get_experiment
 from tf_mtml.tasks.factory import build_task
@@ -93,7 +92,7 @@ def run_seed(seed: int, train_steps: int | None = None, overrides: str = "") -> 
 
 
 def run_benchmark(seeds: int, train_steps: int | None = None, overrides: str = "") -> dict:
-    load_before = os.getloadavg()
+    machine = machine_info()
     start = time.perf_counter()
     runs = [run_seed(seed, train_steps, overrides) for seed in range(seeds)]
     return {
@@ -102,15 +101,7 @@ def run_benchmark(seeds: int, train_steps: int | None = None, overrides: str = "
         "overrides": overrides,
         "runs": runs,
         "total_seconds": time.perf_counter() - start,
-        "machine": {
-            "cores": len(os.sched_getaffinity(0)),
-            "python": platform.python_version(),
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "load_average_1_5_15_before": load_before,
-            "load_average_1_5_15_after": os.getloadavg(),
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        },
+        "machine": {**machine, "load_average_at_end": os.getloadavg()},
     }
 
 

@@ -49,6 +49,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from bench._common import machine_info
 from bench.meta_speed import rel_diff
 from tf_mtml.data.episodes import episode_dataset
 from tf_mtml.data.labelled import ClassIndexedData
@@ -229,7 +230,7 @@ def gradient_check(float32_diffs: dict[int, float], float64_diffs: dict[int, flo
 
 def run_benchmark(config: MemoryConfig) -> dict:
     """Measures every configuration in its own process; returns the report (JSON-ready)."""
-    load_before = os.getloadavg()
+    machine = machine_info()
     rows, float32_diffs, float64_diffs = [], {}, {}
     with tempfile.TemporaryDirectory() as directory:
         for inner_steps in config.inner_steps:
@@ -246,10 +247,7 @@ def run_benchmark(config: MemoryConfig) -> dict:
         float64_diffs[inner_steps] = rel_diff(recomputed, plain)
     return {"config": dataclasses.asdict(config), "measurements": rows, **summarize(rows),
             "meta_gradient_check": gradient_check(float32_diffs, float64_diffs),
-            "machine": {"cores": len(os.sched_getaffinity(0)),
-                        "tensorflow": tf.__version__, "keras": keras.__version__,
-                        "load_average_1_5_15_before": load_before,
-                        "load_average_1_5_15_after": os.getloadavg()}}
+            "machine": {**machine, "load_average_at_end": os.getloadavg()}}
 
 
 def main(argv) -> None:

@@ -42,10 +42,8 @@ the extra days of data buy, and the frozen model holds its day-1 figure.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -56,6 +54,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from bench._common import machine_info
 from tf_mtml.configs import ranking_experiments  # noqa: F401  (registers experiments)
 from tf_mtml.configs.registry import get_experiment
 from tf_mtml.tasks.factory import build_task
@@ -156,7 +155,7 @@ def run_benchmark(seeds: int, drifts: list[float], num_days: int, steps_per_day:
                   overrides: str = "") -> dict:
     """Every seed and drift; per-day figures summarised over seeds (JSON-ready)."""
     start = time.perf_counter()
-    load_start = os.getloadavg()
+    machine = machine_info()
     report = {}
     for drift in drifts:
         runs = [run_arms(s, drift, num_days, steps_per_day, overrides) for s in range(seeds)]
@@ -178,12 +177,7 @@ def run_benchmark(seeds: int, drifts: list[float], num_days: int, steps_per_day:
     return {"benchmark": EXPERIMENT, "seeds": seeds, "num_days": num_days,
             "steps_per_day": steps_per_day, "by_drift": report,
             "total_wall_s": time.perf_counter() - start,
-            "machine": {"cpu_count": os.cpu_count(), "load_average_at_start": load_start,
-                        "load_average_at_end": os.getloadavg(),
-                        "platform": platform.platform(), "tensorflow": tf.__version__,
-                        "keras": keras.__version__,
-                        "date": datetime.datetime.now(datetime.UTC).isoformat(
-                            timespec="seconds")}}
+            "machine": {**machine, "load_average_at_end": os.getloadavg()}}
 
 
 def main(argv) -> None:
