@@ -87,8 +87,10 @@ def run_trial(model_dir: str, rng: random.Random, during_write: bool,
                f"--model_dir={model_dir}", "--mode=train", "--train_steps=1000000",
                f"--params_override={OVERRIDES}"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # stderr to a file: a pipe nobody reads while the trainer runs would fill and block it.
+    log = tempfile.TemporaryFile(mode="w+")
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=log, text=True)
     deadline = time.time() + timeout_s
 
     def started() -> bool:
@@ -99,7 +101,8 @@ def run_trial(model_dir: str, rng: random.Random, during_write: bool,
 
     while not started():
         if process.poll() is not None:
-            raise RuntimeError(f"The trainer exited early: {process.stderr.read()[-2000:]}")
+            log.seek(0)
+            raise RuntimeError(f"The trainer exited early: {log.read()[-2000:]}")
         if time.time() > deadline:
             process.kill()
             raise TimeoutError(f"No new checkpoint in {model_dir} within {timeout_s} s.")
@@ -111,6 +114,7 @@ def run_trial(model_dir: str, rng: random.Random, during_write: bool,
     time.sleep(delay)
     process.send_signal(signal.SIGKILL)
     process.wait()
+    log.close()
     new_temps = set(glob.glob(pattern)) - temps_before
     return {"during_write": during_write, "delay_s": round(delay, 4), "step_before": before,
             "killed_mid_write": bool(new_temps), "leftovers_removed": leftovers_removed,

@@ -91,13 +91,11 @@ def main(argv) -> int:
         # Exit 0: the job stopped cleanly and a restart with the same command resumes.
         print(str(e), file=sys.stderr)
         return 0
-    except (FileNotFoundError, ValueError) as e:
-        # Bad data or inputs (a damaged zip, N-way larger than the classes, ...): the message
-        # names the value and the fix; the traceback is for --verbosity=1.
+    except (FileNotFoundError, ValueError, TPUUnreachableError) as e:
+        # Bad data or inputs (a damaged zip, N-way larger than the classes, no TPU at the
+        # address, ...): the message names the value and the fix; the traceback is logged at
+        # --verbosity=1.
         logging.debug("Traceback of the error below:", exc_info=True)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except TPUUnreachableError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except FloatingPointError as e:

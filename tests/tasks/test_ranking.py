@@ -131,12 +131,13 @@ def test_a_restarted_schedule_skips_finished_days_and_keeps_their_results(schedu
 
 
 def test_a_schedule_preempted_inside_a_day_resumes_to_the_unbroken_weights(schedule, tmp_path):
-    # 2 training days of 6 steps: step 8 is inside day 1, so the resumed run must continue
-    # day 1's stream from its checkpointed position instead of starting the day over.
+    # 3 training days of 4 steps: step 6 is inside day 1 (steps 5-8), so the resumed run must
+    # continue day 1's stream from its checkpointed position instead of starting it over.
     trainer = build_trainer(schedule["params"], str(tmp_path))
+    assert trainer.task.steps_per_day(12) == 4
     trainer.task.after_train_loop = lambda logs: (
-        trainer.preemption.request() if trainer.step == 8 else None)
-    with pytest.raises(TrainingPreempted, match="step 8"):
+        trainer.preemption.request() if trainer.step == 6 else None)
+    with pytest.raises(TrainingPreempted, match="step 6"):
         trainer.task.run_schedule(trainer, evaluate=False)
     resumed = build_trainer(schedule["params"], str(tmp_path))
     resumed.task.run_schedule(resumed, evaluate=False)

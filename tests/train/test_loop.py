@@ -102,3 +102,23 @@ def test_optimizer_rate_decays_in_stairs():
     assert rates == pytest.approx([0.1] * 3 + [0.05] * 3 + [0.025] * 2)
     constant = build_optimizer(OptimizerConfig(learning_rate=0.1))
     assert float(constant.learning_rate) == pytest.approx(0.1)
+
+
+def test_a_checkpoint_without_input_position_resumes_by_skipping(tmp_path):
+    # What a mirrored, multi-worker or TPU run writes (its iterator cannot be checkpointed),
+    # resumed here under the default strategy: the stream must skip the 20 trained steps.
+    params = _params()
+    whole = Trainer(build_task(params), tf.distribute.get_strategy(), params.trainer,
+                    str(tmp_path / "whole"))
+    whole.train(30)
+    first = Trainer(build_task(params), tf.distribute.get_strategy(), params.trainer,
+                    str(tmp_path / "first"))
+    first.train(20)
+    path = tf.train.Checkpoint(**first._checkpointed()).write(str(tmp_path / "split" / "ckpt-20"))
+    tf.compat.v1.train.update_checkpoint_state(str(tmp_path / "split"), path)
+    assert not any(name.startswith("train_iterator") for name, _ in tf.train.list_variables(path))
+    resumed = Trainer(build_task(params), tf.distribute.get_strategy(), params.trainer,
+                      str(tmp_path / "split"))
+    resumed.train(30)
+    for a, b in zip(resumed.model.weights, whole.model.weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)

@@ -256,7 +256,8 @@ class RankingTask:
             if evaluate:
                 day_results = trainer.evaluate()
                 results.update({f"day_{self.eval_day}/{k}": v for k, v in day_results.items()})
-                write_eval_results(results, trainer.step, trainer.model_dir)
+                if trainer.is_chief:
+                    write_eval_results(results, trainer.step, trainer.model_dir)
         return {"train": logs, "eval": results} if evaluate else {"train": logs}
 
     # ---------------------------------------------------------------------------- export

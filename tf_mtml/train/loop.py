@@ -121,7 +121,8 @@ class Trainer:
             self.optimizer.build(self.model.trainable_variables)
             self.loss_metric = keras.metrics.Mean(name="loss")
         self.checkpoint = tf.train.Checkpoint(**self._checkpointed())
-        self.is_chief = _is_chief(strategy)
+        # The chief of a multi-worker cluster (always True otherwise), as Keras' callbacks.
+        self.is_chief = strategy.extended.should_checkpoint
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, model_dir if self.is_chief else _worker_dir(model_dir, strategy),
             max_to_keep=config.max_to_keep if self.is_chief else 1)
@@ -257,7 +258,8 @@ class Trainer:
                                                       if "/" not in k or k.endswith("loss")])
                 else:
                     logging.info("step %d/%d: %s", self.step, train_steps, _format(logs))
-                if self.preemption.any_worker_received(self.strategy):
+                if self.step < train_steps and self.preemption.any_worker_received(
+                        self.strategy):
                     raise TrainingPreempted(self.step, self.save())
                 if self.step % self.config.checkpoint_interval == 0 or self.step >= train_steps:
                     self.save()
@@ -279,59 +281,71 @@ class Trainer:
         if hasattr(self.checkpoint, "train_iterator"):
             del self.checkpoint.train_iterator
 
-    def _train_iterator(self, skip_steps: int = 0):
-        """The training iterator, created once (`skip_steps` into its stream) and reused.
+    def _train_dataset(self, skip_steps: int = 0):
+        """The distributed training dataset, `skip_steps` into its stream.
 
-        With the default strategy the iterator is a `tf.data` iterator, checkpointed with the
-        model (its position is restored exactly and cheaply). A distributed iterator
-        (`MirroredStrategy`, multi-worker, TPU) cannot be checkpointed; the position is then
-        restored by skipping (`_resumed_train_iterator`).
+        With the default strategy this is a `tf.data.Dataset`, whose iterator is checkpointed
+        with the model (its position is restored exactly and cheaply). A distributed dataset
+        (`MirroredStrategy`, multi-worker, TPU) has an iterator that cannot be checkpointed;
+        its position is restored by skipping (`_resumed_train_iterator`).
         """
+        # Per-epoch shuffles draw from fixed seeds (seed + epoch), which tf.data reports as
+        # external state; their position is saved all the same, and the resume test
+        # (tests/train/test_loop.py) checks that a resumed run equals an uninterrupted one.
+        options = tf.data.Options()
+        options.experimental_external_state_policy = (
+            tf.data.experimental.ExternalStatePolicy.IGNORE)
+
+        def dataset_fn(ctx):
+            if skip_steps and _accepts_start_step(self.task.build_inputs):
+                # The task starts its stream at a step directly (indexed episodes).
+                return self.task.build_inputs(True, ctx, start_step=skip_steps) \
+                    .with_options(options)
+            dataset = self.task.build_inputs(True, ctx).with_options(options)
+            if skip_steps:
+                # Each pipeline yields one batch per local replica and step.
+                dataset = dataset.skip(
+                    skip_steps * (ctx.num_replicas_in_sync // ctx.num_input_pipelines))
+            return dataset
+
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def _train_iterator(self, dataset=None):
+        """The training iterator, created once (from `dataset` if given) and reused."""
         if self._iterator is None:
-            # Per-epoch shuffles draw from fixed seeds (seed + epoch), which tf.data reports
-            # as external state; their position is saved all the same, and the resume test
-            # (tests/train/test_loop.py) checks that a resumed run equals an uninterrupted one.
-            options = tf.data.Options()
-            options.experimental_external_state_policy = (
-                tf.data.experimental.ExternalStatePolicy.IGNORE)
-
-            def dataset_fn(ctx):
-                if skip_steps and _accepts_start_step(self.task.build_inputs):
-                    # The task starts its stream at a step directly (indexed episodes).
-                    return self.task.build_inputs(True, ctx, start_step=skip_steps) \
-                        .with_options(options)
-                dataset = self.task.build_inputs(True, ctx).with_options(options)
-                if skip_steps:
-                    # Each pipeline yields one batch per local replica and step.
-                    dataset = dataset.skip(
-                        skip_steps * (ctx.num_replicas_in_sync // ctx.num_input_pipelines))
-                return dataset
-
-            self._iterator = iter(self.strategy.distribute_datasets_from_function(dataset_fn))
-            if isinstance(self._iterator, tf.__internal__.tracking.Trackable):
+            dataset = self._train_dataset() if dataset is None else dataset
+            self._iterator = iter(dataset)
+            if isinstance(dataset, tf.data.Dataset):  # a checkpointable tf.data iterator
                 self.checkpoint.train_iterator = self._iterator
         return self._iterator
 
     def _resumed_train_iterator(self):
         """Restores the latest checkpoint and returns the iterator at its input position.
 
-        A checkpointable iterator gets its saved state. Otherwise the model, optimizer and
-        step are restored and a new iterator skips the `step - input_start_step` steps
-        already trained on this stream: every task's stream is the same each time it is
-        built (seeded), so skipping reproduces the position exactly. A task whose
-        `build_inputs` takes `start_step` starts there directly (meta-learning: O(1));
-        others re-read the skipped batches (`Dataset.skip` computes them).
+        A `tf.data` iterator gets its saved state when the checkpoint holds one. Otherwise
+        (a distributed iterator, or a checkpoint written by a distributed run) the model,
+        optimizer and step are restored and a new iterator skips the `step -
+        input_start_step` steps already trained on this stream: every task's stream is the
+        same each time it is built (seeded), so skipping reproduces the position exactly. A
+        task whose `build_inputs` takes `start_step` starts there directly (meta-learning:
+        O(1)); others re-read the skipped batches (`Dataset.skip` computes them).
         """
-        iterator = self._train_iterator()
-        if isinstance(iterator, tf.__internal__.tracking.Trackable):
+        if self._iterator is not None:
+            self._iterator = None  # a second `train` call: back to the checkpointed position
+            if hasattr(self.checkpoint, "train_iterator"):
+                del self.checkpoint.train_iterator
+        path = self.latest_checkpoint
+        dataset = self._train_dataset()
+        if isinstance(dataset, tf.data.Dataset) and (path is None or any(
+                name.startswith("train_iterator/") for name, _ in tf.train.list_variables(path))):
+            self._train_iterator(dataset)
             self.restore()
             return self._iterator  # a changed pipeline makes `restore` start a fresh one
-        self._iterator = None
         self.restore()
         skip = self.step - int(self.input_start_step.numpy())
         if skip:
             logging.info("Skipping the %d steps of input already trained on.", skip)
-        return self._train_iterator(skip_steps=skip)
+        return self._train_iterator(self._train_dataset(skip) if skip else dataset)
 
     def evaluate(self, steps: int = -1) -> dict[str, float]:
         """Evaluates on the task's evaluation inputs; writes eval summaries.
@@ -434,17 +448,6 @@ def _remove_partial_checkpoints(model_dir: str) -> None:
     for path in tf.io.gfile.glob(os.path.join(model_dir, "ckpt-*_temp")):
         logging.info("Removing %s, left by an interrupted checkpoint write.", path)
         tf.io.gfile.rmtree(path)
-
-
-def _is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """Whether this process writes checkpoints to `model_dir` (as Keras' callbacks decide)."""
-    resolver = strategy.cluster_resolver
-    if not strategy.extended._in_multi_worker_mode() or resolver is None:  # noqa: SLF001
-        return True
-    task_type, task_id = resolver.task_type, resolver.task_id
-    if task_type in (None, "chief"):
-        return True
-    return task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().jobs
 
 
 def _worker_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:

@@ -64,6 +64,7 @@ class PreemptionWatcher:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+        self._received = None  # answered (or training ended): a later run starts unsignalled
 
     def _handle(self, signum, frame) -> None:
         del frame
@@ -85,10 +86,9 @@ class PreemptionWatcher:
 
         Every worker must call this at the same point of the loop (it is a collective).
         """
-        if strategy.extended._in_multi_worker_mode():  # noqa: SLF001  (no public equivalent)
+        if strategy.extended._in_multi_worker_mode():  # noqa: SLF001  (as Keras' callbacks)
             flag = tf.constant(1.0 if self.received else 0.0)
-            total = strategy.reduce(tf.distribute.ReduceOp.SUM,
-                                    strategy.run(lambda: flag / strategy.num_replicas_in_sync),
+            total = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: flag),
                                     axis=None)
             return float(total) > 0
         return self.received

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 
 import keras
 import tensorflow as tf
@@ -26,7 +27,7 @@ KERAS_FILE = "model.keras"
 
 def _atomic_write(path: str, text: str) -> None:
     """Writes `text` to a temporary sibling, then renames it (`tf.io.gfile`: local or gs://)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"  # unique across the hosts sharing model_dir
     with tf.io.gfile.GFile(tmp, "w") as f:
         f.write(text)
     tf.io.gfile.rename(tmp, path, overwrite=True)
@@ -89,6 +90,19 @@ def export_model(trainer: Trainer, model_dir: str, model_name: str | None = None
     return path
 
 
+def _check_export_args(model_dir: str, experiment: str | None) -> None:
+    """Fails before any model is built when `--mode=export` cannot succeed."""
+    if "://" in model_dir:
+        raise ValueError(
+            f"--mode=export needs a local --model_dir (received {model_dir!r}): a version "
+            "appears atomically only through a POSIX rename, so a polling TF Serving never "
+            "loads half a version. Copy the run first (e.g. `gcloud storage cp -r "
+            f"{model_dir} /tmp/run`), export there, then copy `export/` to the serving "
+            "bucket with a version number TF Serving does not yet watch.")
+    if experiment is not None:
+        check_model_name(experiment)
+
+
 def run_experiment(params: ExperimentConfig, mode: str, model_dir: str,
                    experiment: str | None = None) -> dict:
     """Runs `mode`; returns `{"train": logs, "eval": results, "export_dir": path,
@@ -101,14 +115,17 @@ def run_experiment(params: ExperimentConfig, mode: str, model_dir: str,
     if mode not in MODES:
         raise ConfigError(f"Unknown --mode={mode!r}; expected one of {MODES}.")
     params.validate()
-    if mode in ("train", "train_and_eval"):
-        write_params(params, model_dir)
+    if mode == "export":
+        _check_export_args(model_dir, experiment)
     trainer = build_trainer(params, model_dir)
+    if mode in ("train", "train_and_eval") and trainer.is_chief:
+        write_params(params, model_dir)
     outputs: dict = {}
 
     def evaluate():
         outputs["eval"] = trainer.evaluate(params.trainer.validation_steps)
-        write_eval_results(outputs["eval"], trainer.step, model_dir)
+        if trainer.is_chief:
+            write_eval_results(outputs["eval"], trainer.step, model_dir)
 
     if mode in ("train", "train_and_eval") and hasattr(trainer.task, "run_schedule"):
         # A task trained on a schedule (day by day, in temporal order) drives the trainer and
@@ -129,13 +146,6 @@ def run_experiment(params: ExperimentConfig, mode: str, model_dir: str,
     if mode == "eval":
         evaluate()
     else:
-        if "://" in model_dir:
-            raise ValueError(
-                f"--mode=export needs a local --model_dir (received {model_dir!r}): a version "
-                "appears atomically only through a POSIX rename, so a polling TF Serving never "
-                "loads half a version. Copy the run first (e.g. `gcloud storage cp -r "
-                f"{model_dir} /tmp/run`), export there, then copy `export/` to the serving "
-                "bucket with a version number TF Serving does not yet watch.")
         outputs["export_dir"] = export_model(trainer, model_dir, model_name=experiment)
         outputs["keras_file"] = save_keras_model(trainer.model,
                                                  os.path.join(model_dir, KERAS_FILE))
