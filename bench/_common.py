@@ -36,3 +36,32 @@ def machine_info(with_torch: bool = False) -> dict:
 
         info.update(torch=torch.__version__, torch_num_threads=torch.get_num_threads())
     return info
+
+
+def seed_config(experiment: str, seed: int, task_overrides: dict,
+                train_steps: int | None = None, overrides: str = ""):
+    """The validated config of `experiment` for one bench seed.
+
+    Args:
+        experiment: A registered experiment name.
+        seed: Sets `runtime.seed`.
+        task_overrides: Nested `task` overrides for this seed (e.g. an evaluation seed).
+        train_steps: If given, the run length; the loop, checkpoint and validation intervals
+            follow it (one checkpoint and one evaluation, at the end).
+        overrides: `--params_override`-style overrides, applied last.
+
+    Returns:
+        The `ExperimentConfig`.
+    """
+    from tf_mtml.configs.registry import get_experiment
+
+    config = get_experiment(experiment)
+    config.override({"runtime": {"seed": seed}, "task": task_overrides})
+    if train_steps is not None:
+        config.override({"trainer": {"train_steps": train_steps,
+                                     "steps_per_loop": min(train_steps, 100),
+                                     "checkpoint_interval": train_steps,
+                                     "validation_interval": train_steps}})
+    config.override_from_string(overrides)
+    config.validate()
+    return config

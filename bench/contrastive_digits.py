@@ -51,9 +51,8 @@ import keras
 import tensorflow as tf
 from absl import app, flags
 
-from bench._common import machine_info
+from bench._common import machine_info, seed_config
 from tf_mtml.configs import contrastive_experiments  # noqa: F401  (registers experiments)
-from tf_mtml.configs.registry import get_experiment
 from tf_mtml.data.digits import labelled_subset
 from tf_mtml.tasks.contrastive_eval import embed_images, probe_accuracy
 from tf_mtml.tasks.factory import build_task
@@ -94,16 +93,8 @@ def _probes(task, model, prefix: str) -> dict[str, float]:
 
 def run_seed(seed: int, train_steps: int | None = None, overrides: str = "") -> dict:
     """Pretrains and evaluates one seed; returns its figures and timings."""
-    config = get_experiment(EXPERIMENT)
-    config.override({"runtime": {"seed": seed},
-                     "task": {"evaluation": {"subset_seed": seed, "scratch_baseline": True}}})
-    if train_steps is not None:
-        config.override({"trainer": {"train_steps": train_steps,
-                                     "steps_per_loop": min(train_steps, 100),
-                                     "checkpoint_interval": train_steps,
-                                     "validation_interval": train_steps}})
-    config.override_from_string(overrides)
-    config.validate()
+    evaluation = {"subset_seed": seed, "scratch_baseline": True}
+    config = seed_config(EXPERIMENT, seed, {"evaluation": evaluation}, train_steps, overrides)
     keras.backend.clear_session()
     task = build_task(config)
     # The trainer draws a progress bar on an interactive stdout, which must carry only JSON.

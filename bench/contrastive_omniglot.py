@@ -37,9 +37,8 @@ import keras
 import tensorflow as tf
 from absl import app, flags
 
-from bench._common import machine_info
+from bench._common import machine_info, seed_config
 from tf_mtml.configs import contrastive_experiments  # noqa: F401  (registers experiments)
-from tf_mtml.configs.registry import get_experiment
 from tf_mtml.tasks.factory import build_task
 from tf_mtml.train.loop import Trainer
 
@@ -65,15 +64,8 @@ def _pixel_encoder(image_shape) -> keras.Model:
 
 def run_seed(seed: int, train_steps: int | None = None, overrides: str = "") -> dict:
     """Pretrains one seed and scores it, the untrained encoder and pixels on one episode set."""
-    config = get_experiment(EXPERIMENT)
-    config.override({"runtime": {"seed": seed}, "task": {"evaluation": {"episode_seed": seed}}})
-    if train_steps is not None:
-        config.override({"trainer": {"train_steps": train_steps,
-                                     "steps_per_loop": min(train_steps, 100),
-                                     "checkpoint_interval": train_steps,
-                                     "validation_interval": train_steps}})
-    config.override_from_string(overrides)
-    config.validate()
+    config = seed_config(EXPERIMENT, seed, {"evaluation": {"episode_seed": seed}}, train_steps,
+                         overrides)
     keras.backend.clear_session()
     task = build_task(config)
     with tempfile.TemporaryDirectory() as model_dir, contextlib.redirect_stdout(sys.stderr):

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 from collections.abc import Mapping
 
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
+
+from tf_mtml._files import atomic_write_text
 
 MODELS_CONFIG_FILE = "models.config"
 # The name is a path segment of the REST API (/v1/models/<name>): keep it URL- and file-safe.
@@ -90,14 +91,4 @@ def write_models_config(export_base: str, model_name: str) -> str:
     """
     export_base = os.path.abspath(export_base)
     text = models_config_text({model_name: export_base})
-    path = os.path.join(export_base, MODELS_CONFIG_FILE)
-    # A dot-prefixed name that never parses as a version; renamed over the old file at once.
-    temp = os.path.join(export_base, f".{MODELS_CONFIG_FILE}.tmp-{uuid.uuid4().hex}")
-    try:
-        with open(temp, "w") as f:
-            f.write(text)
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
-    return path
+    return atomic_write_text(os.path.join(export_base, MODELS_CONFIG_FILE), text)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 
 import keras
 import tensorflow as tf
 from absl import logging
 
+from tf_mtml._files import atomic_write_text
 from tf_mtml.configs.base import ConfigError
 from tf_mtml.configs.experiment import ExperimentConfig
 from tf_mtml.models.keras_file import save_keras_model
@@ -25,26 +25,18 @@ EVAL_RESULTS_FILE = "eval_results.json"
 KERAS_FILE = "model.keras"
 
 
-def _atomic_write(path: str, text: str) -> None:
-    """Writes `text` to a temporary sibling, then renames it (`tf.io.gfile`: local or gs://)."""
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"  # unique across the hosts sharing model_dir
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
 def write_params(params: ExperimentConfig, model_dir: str) -> str:
     """Writes the frozen config to `model_dir/params.yaml`."""
     tf.io.gfile.makedirs(model_dir)
     path = os.path.join(model_dir, PARAMS_FILE)
-    _atomic_write(path, params.to_yaml())
+    atomic_write_text(path, params.to_yaml())
     return path
 
 
 def write_eval_results(results: dict[str, float], step: int, model_dir: str) -> str:
     """Writes `{"step": N, "<task>/<metric>": value, ...}` to `model_dir/eval_results.json`."""
     path = os.path.join(model_dir, EVAL_RESULTS_FILE)
-    _atomic_write(path, json.dumps({"step": step, **results}, indent=2, sort_keys=True))
+    atomic_write_text(path, json.dumps({"step": step, **results}, indent=2, sort_keys=True))
     return path
 
 
